@@ -1,0 +1,225 @@
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::protocol::{DeviceGroup, DeviceParser, Encoded, Envelope, Kind, Wire};
+use crate::session::{KickReason, SessionRegistry};
+
+/// What one downstream message did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Frames queued to connections.
+    pub delivered: usize,
+    /// Connections kicked (FORCE_LOGOUT).
+    pub kicked: usize,
+    /// Connections closed because their queue was full.
+    pub overflowed: usize,
+    /// The message was a duplicate and went nowhere.
+    pub duplicate: bool,
+}
+
+/// Hands downstream messages to the local connections of their target users.
+#[derive(Debug)]
+pub struct Delivery {
+    sessions: Arc<SessionRegistry>,
+    wire: Wire,
+    devices: DeviceParser,
+    dedup: Dedup,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl Delivery {
+    /// Delivery to the connections of `sessions`, remembering request ids for `dedup_window`.
+    pub fn new(
+        sessions: Arc<SessionRegistry>,
+        wire: Wire,
+        devices: DeviceParser,
+        dedup_window: Duration,
+    ) -> Self {
+        Delivery {
+            sessions,
+            wire,
+            devices,
+            dedup: Dedup::new(dedup_window, 1 << 20),
+            delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }
+    }
+
+    /// The wire settings used to encode.
+    pub fn wire(&self) -> &Wire {
+        &self.wire
+    }
+
+    /// Delivers `env` to every local connection of the users in its `ids`, encoded once per
+    /// codec and without `ids`. A FORCE_LOGOUT kicks instead. A message whose `requestId` (from
+    /// the same sender) was seen within the window goes nowhere.
+    pub fn deliver(&self, mut env: Envelope) -> DeliveryReport {
+        if let Some(id) = &env.request_id {
+            let sender = env.metadata.get("userId").map(String::as_str).unwrap_or("");
+            if !self.dedup.first_sighting(sender, id) {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return DeliveryReport {
+                    duplicate: true,
+                    ..DeliveryReport::default()
+                };
+            }
+        }
+        let ids = std::mem::take(&mut env.ids);
+        if env.kind() == Some(Kind::ForceLogout) {
+            return self.kick(&ids, &env);
+        }
+
+        let encoded = Encoded::new(&self.wire, &env);
+        let mut report = DeliveryReport::default();
+        for user in &ids {
+            self.sessions.for_each(user, |_, conn| {
+                match conn.send_bytes(encoded.get(conn.codec())) {
+                    Ok(()) => report.delivered += 1,
+                    Err(crate::session::PushError::Full) => report.overflowed += 1,
+                    Err(crate::session::PushError::Closed) => {}
+                }
+            });
+        }
+        self.delivered
+            .fetch_add(report.delivered as u64, Ordering::Relaxed);
+        report
+    }
+
+    /// FORCE_LOGOUT from the backend or another node: kicks one named connection
+    /// (`metadata.connectionId`, matched against connection ids and device ids), else the
+    /// users' connections of the group of `deviceType`, else all of them.
+    fn kick(&self, ids: &[String], env: &Envelope) -> DeliveryReport {
+        let reason = env
+            .data
+            .as_ref()
+            .and_then(|d| d.get("reason"))
+            .and_then(|r| r.as_str())
+            .map(|r| match r {
+                "same_group_login" => KickReason::SameGroupLogin,
+                "single_device" => KickReason::SingleDevice,
+                "admin" => KickReason::Admin,
+                _ => KickReason::Backend,
+            })
+            .unwrap_or(KickReason::Backend);
+        let group: Option<DeviceGroup> = env
+            .device_type
+            .as_deref()
+            .map(|t| self.devices.parse(Some(t)).group());
+        let target = env.metadata.get("connectionId");
+
+        let mut report = DeliveryReport::default();
+        for user in ids {
+            let victims = match target {
+                Some(target) => self.take_named(user, target),
+                None => self.sessions.take(user, group),
+            };
+            for conn in victims {
+                conn.kick(reason);
+                report.kicked += 1;
+            }
+        }
+        report
+    }
+
+    fn take_named(&self, user: &str, target: &str) -> Vec<Arc<crate::session::Connection>> {
+        let mut hit = None;
+        self.sessions.for_each(user, |_, conn| {
+            let by_id = conn.id().to_string() == target;
+            if by_id || conn.device_id().as_deref() == Some(target) {
+                hit = Some(conn.id());
+            }
+        });
+        hit.and_then(|id| self.sessions.take_connection(user, id))
+            .into_iter()
+            .collect()
+    }
+
+    /// Frames delivered since start.
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Duplicates dropped since start.
+    pub fn duplicates_total(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+}
+
+/// Remembers `(sender, requestId)` pairs for a time window, bounded in size so a flood of
+/// unique ids cannot grow memory without limit (the oldest are forgotten first).
+#[derive(Debug)]
+pub struct Dedup {
+    window: Duration,
+    max: usize,
+    inner: Mutex<DedupState>,
+}
+
+#[derive(Debug, Default)]
+struct DedupState {
+    seen: HashMap<(Box<str>, Box<str>), Instant>,
+    order: VecDeque<(Instant, (Box<str>, Box<str>))>,
+}
+
+impl Dedup {
+    /// Remembers ids for `window`, at most `max` of them.
+    pub fn new(window: Duration, max: usize) -> Self {
+        Dedup {
+            window,
+            max,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// True the first time `(sender, id)` is seen within the window.
+    pub fn first_sighting(&self, sender: &str, id: &str) -> bool {
+        if self.window.is_zero() {
+            return true;
+        }
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        while let Some((at, _)) = state.order.front() {
+            if now.duration_since(*at) < self.window && state.order.len() < self.max {
+                break;
+            }
+            let (at, key) = state.order.pop_front().expect("front exists");
+            if state.seen.get(&key) == Some(&at) {
+                state.seen.remove(&key);
+            }
+        }
+        let key: (Box<str>, Box<str>) = (sender.into(), id.into());
+        if state.seen.contains_key(&key) {
+            return false;
+        }
+        state.seen.insert(key.clone(), now);
+        state.order.push_back((now, key));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_remembers_within_window_and_per_sender() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        assert!(d.first_sighting("a", "1"));
+        assert!(!d.first_sighting("a", "1"));
+        assert!(d.first_sighting("b", "1"));
+    }
+
+    #[test]
+    fn dedup_is_bounded() {
+        let d = Dedup::new(Duration::from_secs(60), 2);
+        assert!(d.first_sighting("a", "1"));
+        assert!(d.first_sighting("a", "2"));
+        assert!(d.first_sighting("a", "3"));
+        // "1" was pushed out by the size bound.
+        assert!(d.first_sighting("a", "1"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Assembling the node from configuration: backends, token verifier and the layer stack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use tower::util::BoxService;
+use tower::ServiceBuilder;
+
+use super::Node;
+use crate::backend::BoxError;
+use crate::broker::{Broker, Delivery, EmbeddedBroker};
+use crate::config::Config;
+use crate::dispatch::Dispatch;
+use crate::layer::auth::Revocable;
+use crate::layer::{
+    AuthLayer, DeviceBindingLayer, DeviceBindings, HeartbeatLayer, HeartbeatSettings,
+    JwtVerifier, RateLimitLayer, TokenVerifier,
+};
+use crate::protocol::{DeviceParser, Wire};
+use crate::route::{MemoryRouteStore, RouteStore};
+use crate::session::SessionRegistry;
+use crate::transport::{StackFactory, TransportSettings};
+
+/// The standard stack: auth → rate limit → heartbeat → device binding → dispatch, one fresh
+/// instance per connection.
+pub fn default_stack(node: &Arc<Node>, verifier: Arc<dyn TokenVerifier>) -> StackFactory {
+    let config = &node.config;
+    let netty = &config.netty.config;
+    let auth = AuthLayer::from_arc(Arc::new(verifier));
+    let rate = &netty.rate_limit;
+    let rate = rate.enable.then(|| {
+        RateLimitLayer::new(rate.per_second, rate.burst).max_violations(rate.max_violations)
+    });
+    let heartbeat = HeartbeatLayer::new(HeartbeatSettings {
+        refresh_before: Duration::from_secs(config.auth.token_expired * 60),
+        enforce_expiry: config.auth.enforce_expiry,
+        leeway: Duration::from_secs(config.auth.jwt.leeway_seconds),
+    });
+    let bindings = DeviceBindings::new(
+        node.sessions.clone(),
+        node.routes.clone(),
+        node.broker.clone(),
+        &node.broker_id,
+    )
+    .devices(DeviceParser::new(&netty.device_aliases))
+    .single_device(!netty.multi_device_enabled)
+    .route_timeout(route_timeout(config));
+    let binding = DeviceBindingLayer::new(Arc::new(bindings));
+    let confirm = config
+        .rabbitmq
+        .as_ref()
+        .map_or(5_000, |r| r.confirm_timeout_ms);
+    let dispatch = Dispatch::new(
+        node.broker.clone(),
+        &node.broker_id,
+        Duration::from_millis(confirm),
+    );
+
+    Arc::new(move || {
+        let svc = ServiceBuilder::new()
+            .layer(auth.clone())
+            .option_layer(rate)
+            .layer(heartbeat)
+            .layer(binding.clone())
+            .service(dispatch.clone());
+        BoxService::new(svc)
+    })
+}
+
+fn route_timeout(config: &Config) -> Duration {
+    Duration::from_millis(config.redis.as_ref().map_or(3_000, |r| r.timeout))
+}
+
+/// The token verifier the configuration describes: HS256 with `auth.jwt.secret`, or RS256 /
+/// ES256 with `auth.jwt.publicKey`; wrapped in the revocation check when
+/// `auth.blacklistPrefix` is set.
+pub fn verifier_from_config(
+    config: &Config,
+    routes: &Arc<dyn RouteStore>,
+) -> Result<Arc<dyn TokenVerifier>, BoxError> {
+    let jwt = &config.auth.jwt;
+    let leeway = jwt.leeway_seconds;
+    let claim = jwt.user_id_claim.as_str();
+    let mut verifier = match (&jwt.public_key, &jwt.secret) {
+        (Some(pem), _) => {
+            let alg = match jwt.algorithm.as_deref() {
+                Some("ES256") => Algorithm::ES256,
+                Some("RS256") | None => Algorithm::RS256,
+                Some(other) => {
+                    return Err(format!("auth.jwt.algorithm: unsupported `{other}`").into())
+                }
+            };
+            JwtVerifier::public_key(pem, alg, claim, leeway)
+                .map_err(|e| format!("auth.jwt.publicKey: {e}"))?
+        }
+        (None, Some(secret)) => JwtVerifier::hs256(secret.expose().as_bytes(), claim, leeway)
+            .map_err(|e| format!("auth.jwt.secret: {e}"))?,
+        (None, None) => return Err("auth.jwt.secret: no token key is configured".into()),
+    };
+    if let Some(issuer) = &jwt.issuer {
+        verifier = verifier.with_issuer(issuer);
+    }
+    if let Some(audience) = &jwt.audience {
+        verifier = verifier.with_audience(audience);
+    }
+    Ok(match config.auth.blacklist_prefix {
+        Some(_) => Arc::new(Revocable::new(verifier, routes.clone())),
+        None => Arc::new(verifier),
+    })
+}
+
+/// The broker the configuration names; the embedded relay when there is none.
+pub(super) async fn broker_from_config(
+    _config: &Config,
+    _broker_id: &str,
+    _wire: Wire,
+    delivery: &Arc<Delivery>,
+) -> Result<Arc<dyn Broker>, BoxError> {
+    Ok(Arc::new(EmbeddedBroker::new(delivery.clone())))
+}
+
+/// The route store the configuration names; in memory when there is none.
+pub(super) async fn routes_from_config(
+    _config: &Config,
+    _sessions: &Arc<SessionRegistry>,
+    _broker_id: &Arc<str>,
+) -> Result<Arc<dyn RouteStore>, BoxError> {
+    Ok(Arc::new(MemoryRouteStore::new()))
+}
+
+/// Transport limits from `netty.config`.
+pub(super) fn transport_settings(config: &Config, wire: Wire) -> TransportSettings {
+    let netty = &config.netty.config;
+    TransportSettings {
+        wire,
+        default_codec: netty.protocol,
+        max_frame_size: netty.max_frame_size,
+        idle_timeout: Duration::from_millis(netty.heart_beat_time),
+        handshake_timeout: Duration::from_millis(netty.handshake_timeout_ms),
+        login_timeout: Duration::from_millis(netty.login_timeout_ms),
+        max_inflight: netty.max_inflight,
+        outbound_queue: netty.outbound_queue,
+        write_timeout: Duration::from_secs(10),
+        ws_path: netty.websocket.path.clone(),
+        ws_read_buffer: netty.ws_read_buffer,
+        ws_write_buffer: netty.ws_write_buffer,
+    }
+}

@@ -1,0 +1,138 @@
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::Close;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The connection is closing; the frame will never be written.
+    #[error("connection is closing")]
+    Closed,
+    /// The queue was full: the connection is now being closed as a slow consumer.
+    #[error("outbound queue full")]
+    Full,
+}
+
+/// A connection's bounded outbound queue, drained by its one writer.
+///
+/// A plain `VecDeque` behind a mutex rather than a channel: it allocates nothing until the first
+/// frame and gives the writer everything queued in one go, so a burst becomes one flush.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    close: Option<Close>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues an encoded frame. When the queue is full the connection is closed with 4004: a
+    /// client that cannot keep up loses its connection, never silently its messages.
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut state = self.state.lock();
+        if state.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.queue.len() >= self.capacity {
+            state.queue.clear();
+            state.close = Some(Close::SLOW_CONSUMER);
+            drop(state);
+            self.notify.notify_one();
+            return Err(PushError::Full);
+        }
+        state.queue.push_back(frame);
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Asks the writer to send what is queued, then `close`. The first close wins.
+    pub fn close(&self, close: Close) {
+        let mut state = self.state.lock();
+        if state.close.is_none() {
+            state.close = Some(close);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// True once a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().close.is_some()
+    }
+
+    /// Number of frames waiting.
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until there is something to do, moves every queued frame into `batch` and returns
+    /// the close to send after them, if one was requested.
+    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+        loop {
+            // Register interest before looking, so a push between the check and the wait is
+            // not missed.
+            let notified = self.notify.notified();
+            {
+                let mut state = self.state.lock();
+                if !state.queue.is_empty() || state.close.is_some() {
+                    batch.extend(state.queue.drain(..));
+                    if state.queue.capacity() > 64 {
+                        state.queue.shrink_to(16);
+                    }
+                    return state.close.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_everything_queued() {
+        let outbox = Outbox::new(8);
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        outbox.push(Bytes::from_static(b"b")).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_as_slow_consumer() {
+        let outbox = Outbox::new(1);
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        assert_eq!(outbox.push(Bytes::from_static(b"b")), Err(PushError::Full));
+        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Closed));
+        let mut batch = Vec::new();
+        let close = outbox.next_batch(&mut batch).await.unwrap();
+        assert_eq!(close.code, 4004);
+    }
+}
