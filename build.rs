@@ -7,8 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build reads PROTOC; setting it here keeps the vendored binary local to this build.
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto/im_message_wrap.proto");
-    prost_build::Config::new()
-        .btree_map(["."])
-        .compile_protos(&["proto/im_message_wrap.proto"], &["proto", include.to_str().unwrap_or(".")])?;
+    prost_build::Config::new().btree_map(["."]).compile_protos(
+        &["proto/im_message_wrap.proto"],
+        &["proto", include.to_str().unwrap_or(".")],
+    )?;
     Ok(())
 }

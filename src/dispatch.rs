@@ -44,7 +44,10 @@ impl Service<Request> for Dispatch {
     fn call(&mut self, mut req: Request) -> Self::Future {
         let kind = req.kind();
         if !kind.is_business() {
-            let reply = req.error(Reason::UnknownCode, format!("{} is not handled here", kind.snake_name()));
+            let reply = req.error(
+                Reason::UnknownCode,
+                format!("{} is not handled here", kind.snake_name()),
+            );
             return Box::pin(std::future::ready(Ok(reply)));
         }
         req.frame.ensure_request_id();
@@ -69,7 +72,10 @@ impl Service<Request> for Dispatch {
                 }
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "publish failed");
-                    req.error(Reason::BrokerUnavailable, format!("message not accepted: {error}"))
+                    req.error(
+                        Reason::BrokerUnavailable,
+                        format!("message not accepted: {error}"),
+                    )
                 }
                 Err(_) => req.error(Reason::BrokerUnavailable, "message not confirmed in time"),
             };

@@ -8,9 +8,11 @@
 
 mod delivery;
 mod embedded;
+mod rabbitmq;
 
 pub use delivery::{Dedup, Delivery, DeliveryReport};
 pub use embedded::{EmbeddedBroker, NoRecipients};
+pub use rabbitmq::{broker_id_from, BrokerError, RabbitBroker, Relay, RelayConfig};
 
 use std::fmt;
 

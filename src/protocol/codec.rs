@@ -346,7 +346,10 @@ fn json_to_proto(v: &Value) -> prost_types::Value {
             values: a.iter().map(json_to_proto).collect(),
         }),
         Value::Object(o) => K::StructValue(prost_types::Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), json_to_proto(v))).collect(),
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_proto(v)))
+                .collect(),
         }),
     };
     prost_types::Value { kind: Some(kind) }
@@ -378,7 +381,8 @@ impl<'a> Encoded<'a> {
             Codec::Json => &self.json,
             Codec::Proto => &self.proto,
         };
-        cell.get_or_init(|| self.wire.encode(codec, self.env)).clone()
+        cell.get_or_init(|| self.wire.encode(codec, self.env))
+            .clone()
     }
 }
 
@@ -400,7 +404,10 @@ mod tests {
         env.ids = vec!["bob".into()];
         let bytes = wire().encode(Codec::Json, &env);
         let v: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(v, json!({"code": 3, "data": {"text": "hi", "n": 1.5}, "requestId": "r1"}));
+        assert_eq!(
+            v,
+            json!({"code": 3, "data": {"text": "hi", "n": 1.5}, "requestId": "r1"})
+        );
     }
 
     #[test]
@@ -425,9 +432,13 @@ mod tests {
 
     #[test]
     fn server_kinds_from_clients_are_unknown_codes() {
-        let err = wire().decode_client(Codec::Json, br#"{"code":0}"#).unwrap_err();
+        let err = wire()
+            .decode_client(Codec::Json, br#"{"code":0}"#)
+            .unwrap_err();
         assert_eq!(err.reason, Reason::UnknownCode);
-        let err = wire().decode_client(Codec::Json, br#"{"code":77}"#).unwrap_err();
+        let err = wire()
+            .decode_client(Codec::Json, br#"{"code":77}"#)
+            .unwrap_err();
         assert_eq!(err.reason, Reason::UnknownCode);
     }
 
@@ -455,7 +466,10 @@ mod tests {
         env.data = Some(json!({"text": "x", "list": [true, null]}));
         let bytes = w.encode(Codec::Proto, &env);
         let back = w.decode_client(Codec::Proto, &bytes).unwrap();
-        assert_eq!(back.data, Some(json!({"value": {"text": "x", "list": [true, null]}})));
+        assert_eq!(
+            back.data,
+            Some(json!({"value": {"text": "x", "list": [true, null]}}))
+        );
     }
 
     #[test]
@@ -484,7 +498,9 @@ mod tests {
 
     #[test]
     fn broker_codes_outside_the_table_are_forwarded() {
-        let env = wire().decode_broker(br#"{"code":4242,"ids":["u"]}"#).unwrap();
+        let env = wire()
+            .decode_broker(br#"{"code":4242,"ids":["u"]}"#)
+            .unwrap();
         assert_eq!(env.code, Code::Raw(4242));
         let out: Value = serde_json::from_slice(&wire().encode(Codec::Json, &env)).unwrap();
         assert_eq!(out, json!({"code": 4242}));

@@ -62,7 +62,9 @@ impl Envelope {
     pub fn error_reply(&self, reason: Reason, message: impl Into<String>) -> Envelope {
         let mut reply = self.reply(Kind::Error);
         reply.message = Some(message.into());
-        reply.metadata.insert("reason".into(), reason.as_str().into());
+        reply
+            .metadata
+            .insert("reason".into(), reason.as_str().into());
         reply
     }
 

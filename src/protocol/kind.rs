@@ -214,15 +214,24 @@ mod tests {
         assert_eq!(CodeTable::SEED.client_kind(0), None);
         assert_eq!(CodeTable::SEED.client_kind(-1), None);
         assert_eq!(CodeTable::LUCKY.client_kind(209), None);
-        assert_eq!(CodeTable::LUCKY.client_kind(1000), Some(Kind::SingleMessage));
+        assert_eq!(
+            CodeTable::LUCKY.client_kind(1000),
+            Some(Kind::SingleMessage)
+        );
         assert_eq!(CodeTable::LUCKY.client_kind(3), None);
     }
 
     #[test]
     fn broker_codes_outside_the_table_stay_raw() {
-        assert_eq!(CodeTable::SEED.broker_code(3), Code::Kind(Kind::SingleMessage));
+        assert_eq!(
+            CodeTable::SEED.broker_code(3),
+            Code::Kind(Kind::SingleMessage)
+        );
         assert_eq!(CodeTable::SEED.broker_code(4242), Code::Raw(4242));
         assert_eq!(CodeTable::SEED.encode(Code::Raw(4242)), 4242);
-        assert_eq!(CodeTable::LUCKY.broker_code(104), Code::Kind(Kind::ForceLogout));
+        assert_eq!(
+            CodeTable::LUCKY.broker_code(104),
+            Code::Kind(Kind::ForceLogout)
+        );
     }
 }

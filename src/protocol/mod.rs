@@ -18,8 +18,8 @@ pub mod pb {
 
 pub use codec::{Encoded, FrameError, Wire};
 pub use device::{DeviceGroup, DeviceParser, DeviceType};
-pub use envelope::Envelope;
 pub(crate) use envelope::now_millis;
+pub use envelope::Envelope;
 pub use kind::{Code, CodeTable, Kind};
 pub use reason::Reason;
 

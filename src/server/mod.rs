@@ -342,7 +342,10 @@ impl Server {
         self.listeners.lock().clear();
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after the grace period");
         }
     }

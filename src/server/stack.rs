@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::dispatch::Dispatch;
 use crate::layer::auth::Revocable;
 use crate::layer::{
-    AuthLayer, DeviceBindingLayer, DeviceBindings, HeartbeatLayer, HeartbeatSettings,
-    JwtVerifier, RateLimitLayer, TokenVerifier,
+    AuthLayer, DeviceBindingLayer, DeviceBindings, HeartbeatLayer, HeartbeatSettings, JwtVerifier,
+    RateLimitLayer, TokenVerifier,
 };
 use crate::protocol::{DeviceParser, Wire};
 use crate::route::{MemoryRouteStore, RouteStore};
@@ -82,21 +82,25 @@ pub fn verifier_from_config(
     let jwt = &config.auth.jwt;
     let leeway = jwt.leeway_seconds;
     let claim = jwt.user_id_claim.as_str();
-    let mut verifier = match (&jwt.public_key, &jwt.secret) {
-        (Some(pem), _) => {
-            let alg = match jwt.algorithm.as_deref() {
-                Some("ES256") => Algorithm::ES256,
-                Some("RS256") | None => Algorithm::RS256,
-                Some(other) => {
-                    return Err(format!("auth.jwt.algorithm: unsupported `{other}`").into())
-                }
+    // Loading settles the algorithm (explicit, or detected from the configured key).
+    let mut verifier = match (jwt.algorithm.as_deref(), &jwt.secret, &jwt.public_key) {
+        (Some("HS256") | None, Some(secret), _) => {
+            JwtVerifier::hs256(secret.expose().as_bytes(), claim, leeway)
+                .map_err(|e| format!("auth.jwt.secret: {e}"))?
+        }
+        (Some(alg @ ("RS256" | "ES256")), _, Some(pem)) => {
+            let alg = if alg == "ES256" {
+                Algorithm::ES256
+            } else {
+                Algorithm::RS256
             };
             JwtVerifier::public_key(pem, alg, claim, leeway)
                 .map_err(|e| format!("auth.jwt.publicKey: {e}"))?
         }
-        (None, Some(secret)) => JwtVerifier::hs256(secret.expose().as_bytes(), claim, leeway)
-            .map_err(|e| format!("auth.jwt.secret: {e}"))?,
-        (None, None) => return Err("auth.jwt.secret: no token key is configured".into()),
+        (Some(other), _, _) => {
+            return Err(format!("auth.jwt.algorithm: `{other}` has no matching key").into())
+        }
+        (None, None, _) => return Err("auth.jwt.secret: no token key is configured".into()),
     };
     if let Some(issuer) = &jwt.issuer {
         verifier = verifier.with_issuer(issuer);

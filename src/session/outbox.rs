@@ -130,7 +130,10 @@ mod tests {
         let outbox = Outbox::new(1);
         outbox.push(Bytes::from_static(b"a")).unwrap();
         assert_eq!(outbox.push(Bytes::from_static(b"b")), Err(PushError::Full));
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Closed));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"c")),
+            Err(PushError::Closed)
+        );
         let mut batch = Vec::new();
         let close = outbox.next_batch(&mut batch).await.unwrap();
         assert_eq!(close.code, 4004);

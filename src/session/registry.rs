@@ -78,9 +78,11 @@ impl SessionRegistry {
         drop(shard);
 
         if after > before {
-            self.connections.fetch_add(after - before, Ordering::Relaxed);
+            self.connections
+                .fetch_add(after - before, Ordering::Relaxed);
         } else {
-            self.connections.fetch_sub(before - after, Ordering::Relaxed);
+            self.connections
+                .fetch_sub(before - after, Ordering::Relaxed);
         }
         kicked
     }

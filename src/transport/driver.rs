@@ -99,7 +99,10 @@ pub(crate) async fn drive<R, W>(
                         last_seen = Instant::now();
                         let codec = codec.unwrap_or_else(|| conn.detect_codec(detect(&bytes)));
                         match conn.wire().decode_client(codec, &bytes) {
-                            Ok(frame) => {
+                            Ok(mut frame) => {
+                                // Every reply carries a request id, so give one to requests
+                                // that came without.
+                                frame.ensure_request_id();
                                 tracing::trace!(kind = ?frame.kind(), "frame");
                                 if svc.ready().await.is_err() {
                                     break;

@@ -101,7 +101,10 @@ fn connection(
             ),
             Ok(bytes) => Inbound::Frame(None, bytes.freeze()),
             Err(error) if error.kind() == io::ErrorKind::InvalidData => Inbound::Fail(
-                Some(frame_error(Reason::TooBig, "frame larger than the size limit")),
+                Some(frame_error(
+                    Reason::TooBig,
+                    "frame larger than the size limit",
+                )),
                 Close::TOO_BIG,
             ),
             Err(_) => Inbound::Fail(None, Close::new(1002, "read error")),
@@ -109,7 +112,16 @@ fn connection(
         tracing::debug!("accepted");
         // On TCP the first frame is the login, so it has the handshake deadline.
         let login = settings.handshake_timeout;
-        drive(conn, svc, reader, TcpSink { write }, &settings, login, shutdown).await;
+        drive(
+            conn,
+            svc,
+            reader,
+            TcpSink { write },
+            &settings,
+            login,
+            shutdown,
+        )
+        .await;
         tracing::debug!("closed");
     }
     .instrument(span)

@@ -138,10 +138,19 @@ async fn upgrade<V: TokenVerifier>(
     {
         return Ok(plain(StatusCode::BAD_REQUEST, "websocket upgrade expected"));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut res = plain(StatusCode::UPGRADE_REQUIRED, "websocket version 13 required");
-        res.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut res = plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket version 13 required",
+        );
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return Ok(res);
     }
 
@@ -210,7 +219,10 @@ fn accept<V: TokenVerifier>(
             Codec::Json => "json",
             Codec::Proto => "proto",
         };
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(name));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(name),
+        );
     }
 
     let info = ConnectionInfo {
@@ -284,7 +296,16 @@ async fn run<V: TokenVerifier>(
         let svc = (ctx.stack)();
         let login = settings.login_timeout;
         let shutdown = ctx.shutdown.clone();
-        drive(conn, svc, reader, WsSink { sink }, &settings, login, shutdown).await;
+        drive(
+            conn,
+            svc,
+            reader,
+            WsSink { sink },
+            &settings,
+            login,
+            shutdown,
+        )
+        .await;
         tracing::debug!("closed");
     }
     .instrument(span)

@@ -147,7 +147,10 @@ mod tests {
             &[("authorization", "Bearer h"), ("cookie", "token=c")],
         );
         assert_eq!(http_token(&r), Some("q1"));
-        let r = req("/im", &[("Authorization", "bEaReR h"), ("cookie", "token=c")]);
+        let r = req(
+            "/im",
+            &[("Authorization", "bEaReR h"), ("cookie", "token=c")],
+        );
         assert_eq!(http_token(&r), Some("h"));
         let r = req("/im", &[("authorization", "bare")]);
         assert_eq!(http_token(&r), Some("bare"));

@@ -45,7 +45,12 @@ impl JwtVerifier {
     pub fn hs256(secret: &[u8], user_claim: &str, leeway_secs: u64) -> Result<Self, AuthError> {
         let key = DecodingKey::from_secret(secret)
             .map_err(|e| AuthError::Invalid(format!("bad secret: {e}")))?;
-        Ok(Self::with_key(key, Algorithm::HS256, user_claim, leeway_secs))
+        Ok(Self::with_key(
+            key,
+            Algorithm::HS256,
+            user_claim,
+            leeway_secs,
+        ))
     }
 
     /// RS256 or ES256 with a PEM public key.
@@ -156,6 +161,54 @@ impl<V: TokenVerifier> TokenVerifier for Revocable<V> {
     }
 }
 
+/// Signs a token for `user` with the configured key: the HS256 secret, or
+/// `auth.jwt.privateKey` for RS256/ES256. For development and load generation; production
+/// tokens come from the auth service.
+pub fn mint_token(
+    config: &crate::config::Config,
+    user: &str,
+    device: Option<&str>,
+    ttl_secs: u64,
+) -> Result<String, AuthError> {
+    use jsonwebtoken::{EncodingKey, Header};
+
+    let jwt = &config.auth.jwt;
+    let bad = |e: jsonwebtoken::errors::Error| AuthError::Invalid(e.to_string());
+    let (alg, key) = match (&jwt.private_key, &jwt.secret) {
+        (Some(pem), _) => {
+            let pem = pem.expose().as_bytes();
+            match jwt.algorithm.as_deref() {
+                Some("ES256") => (
+                    Algorithm::ES256,
+                    EncodingKey::from_ec_pem(pem).map_err(bad)?,
+                ),
+                _ => (
+                    Algorithm::RS256,
+                    EncodingKey::from_rsa_pem(pem).map_err(bad)?,
+                ),
+            }
+        }
+        (None, Some(secret)) => (
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret.expose().as_bytes()).map_err(bad)?,
+        ),
+        (None, None) => {
+            return Err(AuthError::Invalid(
+                "no signing key: set auth.jwt.secret or auth.jwt.privateKey".into(),
+            ))
+        }
+    };
+    let now = crate::protocol::now_millis() as u64 / 1000;
+    let mut claims = serde_json::Map::new();
+    claims.insert(jwt.user_id_claim.clone(), Value::String(user.into()));
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + ttl_secs).into());
+    if let Some(device) = device {
+        claims.insert("deviceType".into(), Value::String(device.into()));
+    }
+    jsonwebtoken::encode(&Header::new(alg), &claims, &key).map_err(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +226,7 @@ mod tests {
         jsonwebtoken::encode(
             &Header::default(),
             &claims,
-            &EncodingKey::from_secret(secret),
+            &EncodingKey::from_secret(secret).unwrap(),
         )
         .unwrap()
     }

@@ -28,7 +28,7 @@ mod jwt;
 mod service;
 
 pub use credentials::{http_token, AuthTarget};
-pub use jwt::{JwtVerifier, Revocable, TokenVerifier};
+pub use jwt::{mint_token, JwtVerifier, Revocable, TokenVerifier};
 pub use service::{Auth, AuthLayer};
 
 /// Why a token was refused.

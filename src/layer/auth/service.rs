@@ -162,7 +162,7 @@ mod tests {
         jsonwebtoken::encode(
             &Header::default(),
             &serde_json::json!({"username": user, "exp": exp}),
-            &EncodingKey::from_secret(b"k"),
+            &EncodingKey::from_secret(b"k").unwrap(),
         )
         .unwrap()
     }

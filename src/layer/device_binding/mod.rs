@@ -232,8 +232,11 @@ impl DeviceBindings {
     fn route_failed(&self, req: &Request, error: String) -> Reply {
         tracing::warn!(%error, "route write failed");
         drop(req.conn.unbind());
-        req.error(Reason::RouteUnavailable, format!("route store unavailable: {error}"))
-            .then_close(Close::ROUTE_UNAVAILABLE)
+        req.error(
+            Reason::RouteUnavailable,
+            format!("route store unavailable: {error}"),
+        )
+        .then_close(Close::ROUTE_UNAVAILABLE)
     }
 
     fn logout(&self, req: &Request) -> Reply {

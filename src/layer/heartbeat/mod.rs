@@ -102,8 +102,8 @@ impl<S> Heartbeat<S> {
     }
 
     fn answer(&self, req: &Request, expires_in: Option<i64>) -> Reply {
-        let refresh = expires_in
-            .is_some_and(|left| left <= self.settings.refresh_before.as_secs() as i64);
+        let refresh =
+            expires_in.is_some_and(|left| left <= self.settings.refresh_before.as_secs() as i64);
         let mut reply = req.frame.reply(if refresh {
             Kind::RefreshToken
         } else {
@@ -150,7 +150,8 @@ where
             .identity()
             .and_then(|id| id.expires_at)
             .map(|exp| exp as i64 - now_secs());
-        let expired = expires_in.is_some_and(|left| left + (self.settings.leeway.as_secs() as i64) < 0);
+        let expired =
+            expires_in.is_some_and(|left| left + (self.settings.leeway.as_secs() as i64) < 0);
         if expired && self.settings.enforce_expiry {
             tracing::debug!("token expired");
             let reply = req

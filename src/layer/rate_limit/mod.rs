@@ -201,7 +201,8 @@ mod tests {
         ));
         let call = |svc: RateLimit<_>| async move {
             let req = http::Request::new(());
-            svc.oneshot(req).await.unwrap().status().as_u16()
+            let res: http::Response<String> = svc.oneshot(req).await.unwrap();
+            res.status().as_u16()
         };
         assert_eq!(call(svc.clone()).await, 200);
         assert_eq!(call(svc.clone()).await, 200);
