@@ -35,17 +35,34 @@ async fn handshake_checks_path_then_upgrade_then_credentials() {
     let srv = TestServer::start().await;
     let token = srv.token("u");
     let version = "Sec-WebSocket-Version: 13\r\n";
-    let (code, _) = raw_http(&srv, &upgrade_request(&format!("/nope?token={token}"), version)).await;
+    let (code, _) = raw_http(
+        &srv,
+        &upgrade_request(&format!("/nope?token={token}"), version),
+    )
+    .await;
     assert_eq!(code, 404);
     let (code, _) = raw_http(&srv, "GET /im HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(code, 400);
-    let (code, head) = raw_http(&srv, &upgrade_request("/im", "Sec-WebSocket-Version: 8\r\n")).await;
+    let (code, head) = raw_http(
+        &srv,
+        &upgrade_request("/im", "Sec-WebSocket-Version: 8\r\n"),
+    )
+    .await;
     assert_eq!(code, 426);
-    assert!(head.to_ascii_lowercase().contains("sec-websocket-version: 13"));
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("sec-websocket-version: 13"));
     let (code, _) = raw_http(&srv, &upgrade_request("/im", version)).await;
     assert_eq!(code, 401);
-    let (code, _) = raw_http(&srv, &upgrade_request(&format!("/im/?token={token}"), version)).await;
-    assert_eq!(code, 101, "`/im/` matches too, Connection may list several tokens");
+    let (code, _) = raw_http(
+        &srv,
+        &upgrade_request(&format!("/im/?token={token}"), version),
+    )
+    .await;
+    assert_eq!(
+        code, 101,
+        "`/im/` matches too, Connection may list several tokens"
+    );
 }
 
 #[tokio::test]
@@ -54,9 +71,15 @@ async fn credentials_come_from_query_header_or_cookie() {
     let token = srv.token("cred");
     let version = "Sec-WebSocket-Version: 13\r\n";
     let bearer = format!("{version}Authorization: bearer {token}\r\n");
-    assert_eq!(raw_http(&srv, &upgrade_request("/im", &bearer)).await.0, 101);
+    assert_eq!(
+        raw_http(&srv, &upgrade_request("/im", &bearer)).await.0,
+        101
+    );
     let cookie = format!("{version}Cookie: xtoken=no; token=\"{token}\"\r\n");
-    assert_eq!(raw_http(&srv, &upgrade_request("/im", &cookie)).await.0, 101);
+    assert_eq!(
+        raw_http(&srv, &upgrade_request("/im", &cookie)).await.0,
+        101
+    );
     let wrong = format!("{version}Cookie: xtoken={token}\r\n");
     assert_eq!(raw_http(&srv, &upgrade_request("/im", &wrong)).await.0, 401);
 }
@@ -71,7 +94,10 @@ async fn subprotocol_selects_the_codec_and_frames_decode_by_type() {
     ws_send_json(&mut ws, json!({"code": 1, "requestId": "r"})).await;
     let reply = ws_proto(&mut ws).await;
     assert_eq!(reply.code, 1);
-    assert_eq!(reply.device_type, "ios", "device type from the handshake query");
+    assert_eq!(
+        reply.device_type, "ios",
+        "device type from the handshake query"
+    );
     assert_eq!(reply.metadata["platform"], "MOBILE");
 
     // No offer: the configured default (proto).
@@ -90,7 +116,9 @@ async fn a_register_sent_right_behind_the_upgrade_request_is_not_lost() {
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: json\r\n",
     );
     let mut bytes = request.into_bytes();
-    bytes.extend(masked_text_frame(br#"{"code":1,"requestId":"same-packet"}"#));
+    bytes.extend(masked_text_frame(
+        br#"{"code":1,"requestId":"same-packet"}"#,
+    ));
     stream.write_all(&bytes).await.unwrap();
 
     let mut buf = Vec::new();
@@ -117,7 +145,10 @@ async fn a_register_sent_right_behind_the_upgrade_request_is_not_lost() {
 /// The payload of a complete unmasked server frame at the start of `frame`, if it is all there.
 fn server_frame_payload(frame: &[u8]) -> Option<&[u8]> {
     let (len, start) = match *frame.get(1)? & 0x7f {
-        126 => (u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize, 4),
+        126 => (
+            u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize,
+            4,
+        ),
         127 => panic!("unexpectedly large reply"),
         n => (n as usize, 2),
     };
@@ -149,7 +180,10 @@ async fn tcp_detects_json_and_reads_the_token_from_data() {
     assert_eq!(reply["code"], 1);
     assert_eq!(reply["deviceType"], "linux");
     assert_eq!(reply["metadata"]["platform"], "DESKTOP");
-    assert!(reply.get("token").is_none(), "replies never carry the token");
+    assert!(
+        reply.get("token").is_none(),
+        "replies never carry the token"
+    );
 }
 
 fn lucky_config() -> Config {
@@ -167,7 +201,11 @@ async fn a_lucky_cloud_client_logs_in_and_chats() {
     let srv = TestServer::with(lucky_config()).await;
     let url = srv.ws_url(&format!("token={}", srv.token("lucky1")));
     let mut a = ws_connect(&url, Some("json")).await.unwrap();
-    ws_send_json(&mut a, json!({"code": 200, "deviceType": "desktop", "requestId": "l1"})).await;
+    ws_send_json(
+        &mut a,
+        json!({"code": 200, "deviceType": "desktop", "requestId": "l1"}),
+    )
+    .await;
     let reply = ws_json(&mut a).await;
     assert_eq!(reply["code"], 209);
     assert_eq!(reply["deviceType"], "win", "desktop is an alias of win");
@@ -181,8 +219,11 @@ async fn a_lucky_cloud_client_logs_in_and_chats() {
     ws_send_json(&mut b, json!({"code": 200, "deviceType": "android"})).await;
     assert_eq!(ws_json(&mut b).await["code"], 209);
 
-    ws_send_json(&mut a, json!({"code": 1000, "requestId": "c1", "ids": ["lucky2"], "data": {"t": 1}}))
-        .await;
+    ws_send_json(
+        &mut a,
+        json!({"code": 1000, "requestId": "c1", "ids": ["lucky2"], "data": {"t": 1}}),
+    )
+    .await;
     assert_eq!(ws_json(&mut a).await["code"], 300);
     let got = ws_json(&mut b).await;
     assert_eq!(got["code"], 1000);

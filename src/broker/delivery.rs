@@ -159,10 +159,13 @@ pub struct Dedup {
     inner: Mutex<DedupState>,
 }
 
+/// A de-duplication key: the message's sender and its `requestId`.
+type DedupKey = (Box<str>, Box<str>);
+
 #[derive(Debug, Default)]
 struct DedupState {
-    seen: HashMap<(Box<str>, Box<str>), Instant>,
-    order: VecDeque<(Instant, (Box<str>, Box<str>))>,
+    seen: HashMap<DedupKey, Instant>,
+    order: VecDeque<(Instant, DedupKey)>,
 }
 
 impl Dedup {
@@ -191,7 +194,7 @@ impl Dedup {
                 state.seen.remove(&key);
             }
         }
-        let key: (Box<str>, Box<str>) = (sender.into(), id.into());
+        let key: DedupKey = (sender.into(), id.into());
         if state.seen.contains_key(&key) {
             return false;
         }

@@ -74,10 +74,13 @@ pub struct PortInfo {
     pub connections: usize,
 }
 
+/// Builds a broker around the node's delivery (the broker feeds downstream messages to it).
+type BrokerFactory = Box<dyn FnOnce(Arc<Delivery>) -> Arc<dyn Broker> + Send>;
+
 /// Replaces the parts a configuration would choose, for library users and tests.
 #[derive(Default)]
 pub struct ServerBuilder {
-    broker: Option<Box<dyn FnOnce(Arc<Delivery>) -> Arc<dyn Broker> + Send>>,
+    broker: Option<BrokerFactory>,
     routes: Option<Arc<dyn RouteStore>>,
     registry: Option<Arc<dyn Registry>>,
     verifier: Option<Arc<dyn TokenVerifier>>,

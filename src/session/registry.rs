@@ -12,13 +12,16 @@ const SHARDS: usize = 64;
 
 type Devices = Vec<(DeviceGroup, Arc<Connection>)>;
 
+/// One shard: users whose id hashes to it.
+type Shard = Mutex<HashMap<Arc<str>, Devices>>;
+
 /// Users and their bound connections on this node, at most one per device group.
 ///
 /// Sharded by user so logins and deliveries for different users never wait on one lock.
 /// Counts are exact: they change under the same shard lock as the map.
 #[derive(Debug)]
 pub struct SessionRegistry {
-    shards: Box<[Mutex<HashMap<Arc<str>, Devices>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     users: AtomicUsize,
     connections: AtomicUsize,
@@ -41,7 +44,7 @@ impl SessionRegistry {
         }
     }
 
-    fn shard(&self, user: &str) -> &Mutex<HashMap<Arc<str>, Devices>> {
+    fn shard(&self, user: &str) -> &Shard {
         let hash = self.hasher.hash_one(user) as usize;
         &self.shards[hash % self.shards.len()]
     }

@@ -105,6 +105,7 @@ pub async fn ws_send_proto(ws: &mut Ws, msg: &IMessageWrap) {
 }
 
 /// What a WebSocket client sees next, pings and pongs skipped.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum WsEvent {
     Json(Value),
