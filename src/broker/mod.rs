@@ -37,4 +37,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn health(&self) -> Health {
         Health::Up
     }
+
+    /// Stops consuming and closes the broker's connections; called once the node's
+    /// connections are drained at shutdown. Publishing fails afterwards.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::BoxError;
-use crate::broker::{Broker, Delivery};
+use crate::broker::{broker_id_from, Broker, Delivery};
 use crate::config::Config;
 use crate::layer::{AuthLayer, TokenVerifier};
 use crate::protocol::{CodeTable, DeviceParser, Wire};
@@ -137,10 +137,7 @@ impl ServerBuilder {
         };
         let devices = DeviceParser::new(&netty.device_aliases);
         let first_ws = netty.websocket.port.first().copied().unwrap_or(0);
-        let broker_id: Arc<str> = match &netty.broker_id {
-            Some(id) => id.as_str().into(),
-            None => derive_broker_id(first_ws).into(),
-        };
+        let broker_id: Arc<str> = broker_id_from(netty.broker_id.as_deref(), first_ws).into();
         let sessions = self.sessions.unwrap_or_default();
         let delivery = Arc::new(Delivery::new(
             sessions.clone(),
@@ -351,23 +348,11 @@ impl Server {
         {
             tracing::warn!("connections still open after the grace period");
         }
+        self.node.broker.close().await;
     }
 
     /// [`Server::shutdown_with`] a 10 second grace period.
     pub async fn shutdown(&self) {
         self.shutdown_with(Duration::from_secs(10)).await;
     }
-}
-
-/// A node id stable across restarts: the machine id (or host name) and the first WebSocket
-/// port, so two nodes on one host differ and a restarted node finds its queue again.
-pub fn derive_broker_id(first_ws_port: u16) -> String {
-    let machine = std::fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "local".into());
-    let short: String = machine.chars().take(12).collect();
-    format!("{short}-{first_ws_port}")
 }

@@ -9,7 +9,7 @@ use tower::ServiceBuilder;
 
 use super::Node;
 use crate::backend::BoxError;
-use crate::broker::{Broker, Delivery, EmbeddedBroker};
+use crate::broker::{Broker, Delivery, EmbeddedBroker, RabbitBroker};
 use crate::config::Config;
 use crate::dispatch::Dispatch;
 use crate::layer::auth::Revocable;
@@ -18,7 +18,7 @@ use crate::layer::{
     RateLimitLayer, TokenVerifier,
 };
 use crate::protocol::{DeviceParser, Wire};
-use crate::route::{MemoryRouteStore, RouteStore};
+use crate::route::{MemoryRouteStore, RedisRouteStore, RouteStore};
 use crate::session::SessionRegistry;
 use crate::transport::{StackFactory, TransportSettings};
 
@@ -114,23 +114,44 @@ pub fn verifier_from_config(
     })
 }
 
-/// The broker the configuration names; the embedded relay when there is none.
+/// The broker the configuration names: RabbitMQ when a `rabbitmq` section is on, else the
+/// embedded relay. A RabbitMQ that is down at start-up is not an error: the broker keeps
+/// reconnecting and reports itself down meanwhile.
 pub(super) async fn broker_from_config(
-    _config: &Config,
-    _broker_id: &str,
-    _wire: Wire,
+    config: &Config,
+    broker_id: &str,
+    wire: Wire,
     delivery: &Arc<Delivery>,
 ) -> Result<Arc<dyn Broker>, BoxError> {
-    Ok(Arc::new(EmbeddedBroker::new(delivery.clone())))
+    match &config.rabbitmq {
+        Some(rabbit) => {
+            let broker = RabbitBroker::start(rabbit, broker_id.into(), wire, delivery.clone())
+                .await
+                .map_err(|e| format!("rabbitmq: {e}"))?;
+            Ok(Arc::new(broker))
+        }
+        None => Ok(Arc::new(EmbeddedBroker::new(delivery.clone()))),
+    }
 }
 
-/// The route store the configuration names; in memory when there is none.
+/// The route store the configuration names: Redis when a `redis` section is on (with its
+/// TTL refresher over `sessions`), else in memory.
 pub(super) async fn routes_from_config(
-    _config: &Config,
-    _sessions: &Arc<SessionRegistry>,
-    _broker_id: &Arc<str>,
+    config: &Config,
+    sessions: &Arc<SessionRegistry>,
+    broker_id: &Arc<str>,
 ) -> Result<Arc<dyn RouteStore>, BoxError> {
-    Ok(Arc::new(MemoryRouteStore::new()))
+    let Some(redis) = &config.redis else {
+        return Ok(Arc::new(MemoryRouteStore::new()));
+    };
+    let ttl = config.netty.config.route_ttl_secs();
+    let blacklist = config.auth.blacklist_prefix.clone();
+    let store = RedisRouteStore::connect(redis, ttl, blacklist)
+        .await
+        .map_err(|e| format!("redis: {e}"))?;
+    // The task ends by itself once the store is dropped with the node.
+    drop(store.spawn_refresher(sessions.clone(), broker_id.clone(), store.refresh_period()));
+    Ok(Arc::new(store))
 }
 
 /// Transport limits from `netty.config`.

@@ -261,6 +261,10 @@ impl Broker for RabbitBroker {
             health => health,
         }
     }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shutdown())
+    }
 }
 
 impl Drop for RabbitBroker {
