@@ -1080,3 +1080,55 @@ async fn clients_get_broker_unavailable_while_rabbitmq_is_down() {
     );
     srv.server.shutdown_with(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_server_configured_with_rabbitmq_publishes_and_consumes_through_it() {
+    require_rabbitmq();
+    let rabbit = rabbit_config("configured");
+    let amqp = Amqp::connect("/").await;
+    let backend = format!("{}.backend", rabbit.exchange);
+    let key = format!("{}single_message", rabbit.upstream_prefix);
+    amqp.queue_on(&backend, &rabbit.exchange, &key).await;
+
+    // No builder overrides: the `rabbitmq` section alone selects the RabbitMQ broker.
+    let mut config = common::config();
+    config.netty.config.broker_id = Some("node-configured".into());
+    config.rabbitmq = Some(rabbit.clone());
+    let srv = common::TestServer::with(config).await;
+    wait_for("the configured broker to connect", || {
+        srv.server.node().broker.health().is_up()
+    })
+    .await;
+
+    let mut alice = login(&srv, "alice", "web", "alice-web").await;
+    let message = json!({"code": 3, "requestId": "cfg-1", "ids": ["bob"], "data": "up"});
+    common::ws_send_json(&mut alice, message).await;
+    let ack = common::ws_json(&mut alice).await;
+    assert_eq!(
+        (ack["code"].clone(), ack["requestId"].clone()),
+        (json!(0), json!("cfg-1"))
+    );
+    let upstream = json_frame(&amqp.get(&backend).await.delivery.data);
+    assert_eq!(upstream["metadata"]["userId"], "alice");
+    assert_eq!(upstream["metadata"]["brokerId"], "node-configured");
+
+    // What a backend publishes to this node's queue reaches the user, without `ids`.
+    let queue = node_queue(&rabbit, "node-configured");
+    let down = chat(&["alice"], "cfg-2", "down");
+    amqp.publish(&rabbit.exchange, &queue, down.to_string().as_bytes())
+        .await
+        .unwrap();
+    let got = common::ws_json(&mut alice).await;
+    assert_eq!(
+        (got["requestId"].clone(), got["data"].clone()),
+        (json!("cfg-2"), json!({"text": "down"}))
+    );
+    assert!(got.get("ids").is_none());
+
+    srv.server.shutdown_with(Duration::from_secs(1)).await;
+    assert!(
+        !srv.server.node().broker.health().is_up(),
+        "shutdown closes the broker"
+    );
+    amqp.clean(&rabbit, &[queue, backend]).await;
+}
