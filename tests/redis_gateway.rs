@@ -189,3 +189,33 @@ async fn logged_in_users_keep_chatting_while_redis_stalls_and_new_logins_fail_cl
     srv.server.shutdown_with(Duration::from_secs(1)).await;
     delete_prefix(&mut plain, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_token_listed_under_the_blacklist_prefix_is_refused_at_the_handshake() {
+    let mut plain = redis().await;
+    let prefix = format!("test-bl-{:08x}-", rand::random::<u32>());
+    let mut config = common::config();
+    config.auth.blacklist_prefix = Some(format!("{prefix}REVOKED-"));
+    config.redis = Some(RedisConfig {
+        key_prefix: prefix.clone(),
+        ..RedisConfig::default()
+    });
+    let srv = common::TestServer::with(config).await;
+
+    let (kept, revoked) = (srv.token("alice"), srv.token("mallory"));
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}REVOKED-{revoked}"))
+        .arg("1")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    let url = |token: &str| srv.ws_url(&format!("token={token}"));
+    assert_eq!(
+        common::ws_connect(&url(&revoked), None).await.err(),
+        Some(401)
+    );
+    assert!(common::ws_connect(&url(&kept), None).await.is_ok());
+
+    srv.server.shutdown_with(Duration::from_secs(1)).await;
+    delete_prefix(&mut plain, &prefix).await;
+}
