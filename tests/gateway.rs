@@ -329,3 +329,70 @@ async fn a_message_without_recipients_gets_an_error_in_embedded_mode() {
     assert_eq!(error["metadata"]["reason"], "no_recipients");
     assert_eq!(error["requestId"], "n");
 }
+
+/// Reads until the connection closes (its close code) or stays quiet for `quiet`.
+async fn close_or_quiet(ws: &mut Ws, quiet: Duration) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(quiet, ws.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Some(frame.map_or(1005, |f| f.code.into()))
+            }
+            Ok(None | Some(Err(_))) => return Some(1006),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_repeated_registers_of_one_group_leave_exactly_one_connection() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let srv = TestServer::start().await;
+    let mut sender = ws_login(&srv, "sender", "web").await;
+    for round in 0..20 {
+        let user = format!("racer-{round}");
+        let url = srv.ws_url(&format!("token={}", srv.token(&user)));
+        let mut a = ws_connect(&url, Some("json")).await.unwrap();
+        let mut b = ws_connect(&url, Some("json")).await.unwrap();
+        let burst = |ws: &'static str| {
+            (0..30).map(move |i| {
+                let frame =
+                    json!({"code": 1, "deviceType": "android", "requestId": format!("{ws}-{i}")});
+                Ok::<_, tokio_tungstenite::tungstenite::Error>(Message::Text(
+                    frame.to_string().into(),
+                ))
+            })
+        };
+        let mut burst_a = futures_util::stream::iter(burst("a"));
+        let mut burst_b = futures_util::stream::iter(burst("b"));
+        let (sent_a, sent_b) = tokio::join!(a.send_all(&mut burst_a), b.send_all(&mut burst_b));
+        sent_a.unwrap();
+        sent_b.unwrap();
+
+        let quiet = Duration::from_millis(700);
+        let (closed_a, closed_b) =
+            tokio::join!(close_or_quiet(&mut a, quiet), close_or_quiet(&mut b, quiet));
+        let survivors = srv.server.node().sessions.connections(&user);
+        assert_eq!(
+            survivors.len(),
+            1,
+            "round {round}: {closed_a:?} {closed_b:?}"
+        );
+        match (closed_a, closed_b) {
+            (None, Some(4001)) | (Some(4001), None) => {}
+            other => panic!("round {round}: one kicked with 4001, one alive; got {other:?}"),
+        }
+
+        // The survivor still receives messages.
+        let probe =
+            json!({"code": 3, "requestId": format!("probe-{round}"), "ids": [user], "data": "?"});
+        ws_send_json(&mut sender, probe).await;
+        assert_eq!(ws_json(&mut sender).await["code"], 0);
+        let alive = if closed_a.is_none() { &mut a } else { &mut b };
+        assert_eq!(ws_json(alive).await["requestId"], format!("probe-{round}"));
+    }
+}

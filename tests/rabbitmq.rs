@@ -103,6 +103,7 @@ impl Node {
         assert!(self
             .sessions
             .bind(&user, device.group(), &conn, false)
+            .unwrap()
             .is_empty());
         conn
     }

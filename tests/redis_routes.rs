@@ -329,7 +329,9 @@ async fn ttl_is_refreshed_for_a_long_lived_connection() {
     let store = fx.store(2).await;
     let sessions = Arc::new(SessionRegistry::new());
     let conn = bound_connection("alive", DeviceType::Ios, "d1");
-    sessions.bind(&"alive".into(), DeviceGroup::Mobile, &conn, false);
+    sessions
+        .bind(&"alive".into(), DeviceGroup::Mobile, &conn, false)
+        .unwrap();
 
     store
         .register(entry("alive", DeviceType::Ios, "d1", "node-a"))
@@ -362,7 +364,9 @@ async fn refresh_writes_back_a_record_that_vanished() {
     let sessions = SessionRegistry::new();
     let phone = bound_connection("u1", DeviceType::Android, "d1");
     let desktop = bound_connection("u1", DeviceType::Linux, "l1");
-    sessions.bind(&"u1".into(), DeviceGroup::Mobile, &phone, false);
+    sessions
+        .bind(&"u1".into(), DeviceGroup::Mobile, &phone, false)
+        .unwrap();
     sessions.bind(&"u1".into(), DeviceGroup::Desktop, &desktop, false);
     store
         .register(entry("u1", DeviceType::Android, "d1", "node-a"))

@@ -1,7 +1,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -217,6 +217,9 @@ pub struct Connection {
     wire: Wire,
     outbox: Outbox,
     state: Mutex<State>,
+    /// Set, under the registry's lock, when another login took this connection's place: a
+    /// REGISTER of its own still in flight must not bind it again and displace the winner.
+    displaced: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +253,7 @@ impl Connection {
             wire,
             outbox: Outbox::new(queue),
             state: Mutex::new(State::default()),
+            displaced: AtomicBool::new(false),
         }
     }
 
@@ -371,6 +375,16 @@ impl Connection {
         let _ = self.send(&env);
         self.close(Close::KICKED);
         drop(self.unbind());
+    }
+
+    /// True once another login displaced this connection from the session registry; it is
+    /// being kicked and can never be bound again.
+    pub fn is_displaced(&self) -> bool {
+        self.displaced.load(Ordering::Acquire)
+    }
+
+    pub(super) fn displace(&self) {
+        self.displaced.store(true, Ordering::Release);
     }
 
     /// The device group of the binding, if bound.

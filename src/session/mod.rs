@@ -10,4 +10,4 @@ mod registry;
 
 pub use connection::{Binding, Close, Connection, ConnectionInfo, Identity, KickReason, Transport};
 pub use outbox::{Outbox, PushError};
-pub use registry::SessionRegistry;
+pub use registry::{Displaced, SessionRegistry};

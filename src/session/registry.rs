@@ -15,6 +15,11 @@ type Devices = Vec<(DeviceGroup, Arc<Connection>)>;
 /// One shard: users whose id hashes to it.
 type Shard = Mutex<HashMap<Arc<str>, Devices>>;
 
+/// The connection was displaced by another login and cannot be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connection was replaced by another login")]
+pub struct Displaced;
+
 /// Users and their bound connections on this node, at most one per device group.
 ///
 /// Sharded by user so logins and deliveries for different users never wait on one lock.
@@ -52,14 +57,22 @@ impl SessionRegistry {
     /// Binds `conn` as `group` of `user` and returns the connections it displaces: the same
     /// group's, or every other one when `single_device`. A connection already bound under
     /// another group moves; it is never listed twice.
+    ///
+    /// Fails, changing nothing, when `conn` was itself displaced: of two logins racing for
+    /// one place, the one that bound last wins and the other stays out.
     pub fn bind(
         &self,
         user: &Arc<str>,
         group: DeviceGroup,
         conn: &Arc<Connection>,
         single_device: bool,
-    ) -> Vec<Arc<Connection>> {
+    ) -> Result<Vec<Arc<Connection>>, Displaced> {
         let mut shard = self.shard(user).lock();
+        // Checked and set under the shard lock, so a displacement and a re-bind of the same
+        // connection cannot interleave.
+        if conn.is_displaced() {
+            return Err(Displaced);
+        }
         let devices = shard.entry(user.clone()).or_default();
         if devices.is_empty() {
             self.users.fetch_add(1, Ordering::Relaxed);
@@ -71,6 +84,7 @@ impl SessionRegistry {
                 return false;
             }
             if *g == group || single_device {
+                c.displace();
                 kicked.push(c.clone());
                 return false;
             }
@@ -87,7 +101,7 @@ impl SessionRegistry {
             self.connections
                 .fetch_sub(before - after, Ordering::Relaxed);
         }
-        kicked
+        Ok(kicked)
     }
 
     /// Removes `conn_id` from `user`'s devices. Only that exact connection is removed, so a
@@ -137,6 +151,7 @@ impl SessionRegistry {
         devices.retain(|(g, c)| {
             let hit = group.is_none_or(|want| want == *g);
             if hit {
+                c.displace();
                 taken.push(c.clone());
             }
             !hit
@@ -213,9 +228,15 @@ mod tests {
         let reg = SessionRegistry::new();
         let user: Arc<str> = "u1".into();
         let (a, b, c) = (conn(), conn(), conn());
-        assert!(reg.bind(&user, DeviceGroup::Mobile, &a, false).is_empty());
-        assert!(reg.bind(&user, DeviceGroup::Web, &b, false).is_empty());
-        let kicked = reg.bind(&user, DeviceGroup::Mobile, &c, false);
+        assert!(reg
+            .bind(&user, DeviceGroup::Mobile, &a, false)
+            .unwrap()
+            .is_empty());
+        assert!(reg
+            .bind(&user, DeviceGroup::Web, &b, false)
+            .unwrap()
+            .is_empty());
+        let kicked = reg.bind(&user, DeviceGroup::Mobile, &c, false).unwrap();
         assert_eq!(kicked.len(), 1);
         assert_eq!(kicked[0].id(), a.id());
         assert_eq!((reg.online_users(), reg.connection_count()), (1, 2));
@@ -229,14 +250,37 @@ mod tests {
     }
 
     #[test]
+    fn a_displaced_connection_cannot_bind_again_and_unseat_the_winner() {
+        let reg = SessionRegistry::new();
+        let user: Arc<str> = "u3".into();
+        let (a, b) = (conn(), conn());
+        reg.bind(&user, DeviceGroup::Mobile, &a, false).unwrap();
+        let kicked = reg.bind(&user, DeviceGroup::Mobile, &b, false).unwrap();
+        assert_eq!(kicked[0].id(), a.id());
+        assert!(a.is_displaced());
+
+        // A REGISTER of `a` that was already in flight arrives late.
+        let late = reg.bind(&user, DeviceGroup::Mobile, &a, false);
+        assert!(matches!(late, Err(Displaced)));
+        let left = reg.connections(&user);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.id(), b.id());
+        assert!(!b.is_displaced());
+        assert_eq!(reg.connection_count(), 1);
+    }
+
+    #[test]
     fn single_device_mode_displaces_every_group_and_rebinding_moves() {
         let reg = SessionRegistry::new();
         let user: Arc<str> = "u2".into();
         let (a, b) = (conn(), conn());
-        reg.bind(&user, DeviceGroup::Mobile, &a, false);
-        assert!(reg.bind(&user, DeviceGroup::Desktop, &a, false).is_empty());
+        reg.bind(&user, DeviceGroup::Mobile, &a, false).unwrap();
+        assert!(reg
+            .bind(&user, DeviceGroup::Desktop, &a, false)
+            .unwrap()
+            .is_empty());
         assert_eq!(reg.connection_count(), 1);
-        let kicked = reg.bind(&user, DeviceGroup::Web, &b, true);
+        let kicked = reg.bind(&user, DeviceGroup::Web, &b, true).unwrap();
         assert_eq!(kicked.len(), 1);
         assert_eq!(reg.connections("u2").len(), 1);
     }

@@ -119,9 +119,14 @@ impl DeviceBindings {
         } else {
             KickReason::SameGroupLogin
         };
-        let displaced =
+        let bound =
             self.sessions
                 .bind(&identity.user_id, device.group(), &conn, self.single_device);
+        let Ok(displaced) = bound else {
+            // Another login already took this connection's place; its kick is on the way.
+            tracing::debug!("register lost to a newer login");
+            return Reply::none();
+        };
         for other in displaced {
             tracing::debug!(conn.kicked = other.id(), "kicking displaced connection");
             other.kick(reason);
