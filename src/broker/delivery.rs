@@ -1,4 +1,5 @@
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +70,12 @@ impl Delivery {
                 };
             }
         }
-        let ids = std::mem::take(&mut env.ids);
+        let mut ids = std::mem::take(&mut env.ids);
+        // A user named twice still gets the message once.
+        if ids.len() > 1 {
+            ids.sort_unstable();
+            ids.dedup();
+        }
         if env.kind() == Some(Kind::ForceLogout) {
             return self.kick(&ids, &env);
         }
@@ -152,15 +158,20 @@ impl Delivery {
 
 /// Remembers `(sender, requestId)` pairs for a time window, bounded in size so a flood of
 /// unique ids cannot grow memory without limit (the oldest are forgotten first).
+///
+/// Pairs are kept as 128-bit keyed hashes, not as text: an entry costs the same few dozen
+/// bytes whatever the length of the id a client chose, and two distinct pairs share a key
+/// with a probability far below that of any hardware fault.
 #[derive(Debug)]
 pub struct Dedup {
     window: Duration,
     max: usize,
+    keys: (RandomState, RandomState),
     inner: Mutex<DedupState>,
 }
 
-/// A de-duplication key: the message's sender and its `requestId`.
-type DedupKey = (Box<str>, Box<str>);
+/// A de-duplication key: two independent hashes of the sender and the `requestId`.
+type DedupKey = (u64, u64);
 
 #[derive(Debug, Default)]
 struct DedupState {
@@ -174,6 +185,7 @@ impl Dedup {
         Dedup {
             window,
             max,
+            keys: (RandomState::new(), RandomState::new()),
             inner: Mutex::default(),
         }
     }
@@ -183,6 +195,10 @@ impl Dedup {
         if self.window.is_zero() {
             return true;
         }
+        let key: DedupKey = (
+            self.keys.0.hash_one((sender, id)),
+            self.keys.1.hash_one((sender, id)),
+        );
         let now = Instant::now();
         let mut state = self.inner.lock();
         while let Some((at, _)) = state.order.front() {
@@ -194,11 +210,10 @@ impl Dedup {
                 state.seen.remove(&key);
             }
         }
-        let key: DedupKey = (sender.into(), id.into());
         if state.seen.contains_key(&key) {
             return false;
         }
-        state.seen.insert(key.clone(), now);
+        state.seen.insert(key, now);
         state.order.push_back((now, key));
         true
     }
@@ -224,5 +239,44 @@ mod tests {
         assert!(d.first_sighting("a", "3"));
         // "1" was pushed out by the size bound.
         assert!(d.first_sighting("a", "1"));
+    }
+
+    #[test]
+    fn sender_and_id_are_not_confused_by_where_they_split() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        assert!(d.first_sighting("ab", "c"));
+        assert!(d.first_sighting("a", "bc"));
+        assert!(!d.first_sighting("ab", "c"));
+    }
+
+    #[test]
+    fn a_user_named_twice_gets_the_message_once() {
+        use crate::config::Codec;
+        use crate::session::{Connection, ConnectionInfo, Transport};
+
+        let sessions = Arc::new(SessionRegistry::new());
+        let info = ConnectionInfo {
+            transport: Transport::Tcp,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            local_port: 9000,
+            codec: Some(Codec::Json),
+            handshake_device: None,
+        };
+        let conn = Arc::new(Connection::new(info, Codec::Json, Wire::default(), 64));
+        let user: Arc<str> = "u".into();
+        sessions
+            .bind(&user, DeviceGroup::Web, &conn, false)
+            .unwrap();
+        let delivery = Delivery::new(
+            sessions,
+            Wire::default(),
+            DeviceParser::default(),
+            Duration::ZERO,
+        );
+
+        let mut env = Envelope::new(Kind::SingleMessage);
+        env.ids = vec!["u".into(), "x".into(), "u".into(), "u".into()];
+        assert_eq!(delivery.deliver(env).delivered, 1);
+        assert_eq!(conn.outbox().len(), 1);
     }
 }
