@@ -272,3 +272,69 @@ impl DecodeFrame for IMessageWrap {
         prost::Message::decode(bytes).expect("a protobuf frame")
     }
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+
+    let srv = TestServer::start().await;
+    let mut ws = ws_login(&srv, "leaver", "web").await;
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    ws.send(Message::Close(Some(bye))).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("an answer");
+    match answer {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the server's Close, got {other:?}"),
+    }
+    still_serving(&srv).await;
+}
+
+#[tokio::test]
+async fn a_flooding_client_still_receives_its_close_frame() {
+    use futures_util::StreamExt;
+
+    let mut config = config();
+    config.netty.config.rate_limit.per_second = 1.0;
+    config.netty.config.rate_limit.burst = 2;
+    config.netty.config.rate_limit.max_violations = 3;
+    let srv = TestServer::with(config).await;
+    for round in 0..3 {
+        let ws = ws_login(&srv, &format!("flood-{round}"), "web").await;
+        let (mut sink, mut stream) = ws.split();
+        // Far more than the server reads before it decides to close: input still unread at
+        // close time must not turn into a reset that swallows the Close frame.
+        let flood = tokio::spawn(async move {
+            let filler = "x".repeat(1024);
+            for i in 0..3_000 {
+                let frame = json!({"code": 3, "requestId": i.to_string(), "ids": ["nobody"], "data": filler});
+                if sink
+                    .feed(Message::Text(frame.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = sink.flush().await;
+        });
+        let close = loop {
+            let next = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .expect("the close");
+            match next {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("round {round}: no Close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(close, Some(1008), "round {round}");
+        flood.abort();
+    }
+    still_serving(&srv).await;
+}

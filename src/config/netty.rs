@@ -20,6 +20,8 @@ const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_LOGIN_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_DEDUP_WINDOW_MS: u64 = 300_000;
 const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_MAX_INFLIGHT: usize = 32;
 const DEFAULT_RATE_PER_SECOND: f64 = 50.0;
 const DEFAULT_RATE_BURST: u32 = 100;
@@ -115,6 +117,14 @@ pub struct NettyConfig {
     /// Frames a connection's outbound queue holds before the connection counts as a slow
     /// consumer.
     pub outbound_queue: usize,
+    /// Bytes a connection's outbound queue holds before the connection counts as a slow
+    /// consumer, so large messages cannot make one stalled reader hold
+    /// `outboundQueue × maxFrameSize` of memory.
+    pub outbound_queue_bytes: usize,
+    /// A socket write that cannot complete for this long (a client that stopped reading while
+    /// its receive window is full) ends the connection without a Close frame, which could not
+    /// be written either.
+    pub write_timeout_ms: u64,
     /// Requests of one connection handled concurrently.
     pub max_inflight: usize,
     /// This node's identity in route records and queue names; `None` derives a stable one at
@@ -159,6 +169,8 @@ impl Default for NettyConfig {
             device_aliases: BTreeMap::new(),
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             broker_id: None,
             rate_limit: RateLimitConfig::default(),

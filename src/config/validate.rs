@@ -54,6 +54,14 @@ impl Config {
         checks.range(&key("loginTimeoutMs"), netty.login_timeout_ms, 100, DAY_MS);
         checks.range(&key("dedupWindowMs"), netty.dedup_window_ms, 0, DAY_MS);
         checks.range(&key("outboundQueue"), netty.outbound_queue, 1, MIB);
+        let bytes = netty.outbound_queue_bytes;
+        checks.range(
+            &key("outboundQueueBytes"),
+            bytes,
+            netty.max_frame_size,
+            1024 * MIB,
+        );
+        checks.range(&key("writeTimeoutMs"), netty.write_timeout_ms, 100, DAY_MS);
         checks.range(&key("maxInflight"), netty.max_inflight, 1, 65_536);
         checks.range(&key("wsReadBuffer"), netty.ws_read_buffer, 256, 65_536);
         checks.range(&key("wsWriteBuffer"), netty.ws_write_buffer, 256, 65_536);

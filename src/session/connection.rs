@@ -377,6 +377,13 @@ impl Connection {
         drop(self.unbind());
     }
 
+    /// Bounds the outbound queue by bytes as well as frames (see
+    /// [`Outbox::with_byte_limit`]).
+    pub fn with_outbound_bytes(mut self, bytes: usize) -> Self {
+        self.outbox = self.outbox.with_byte_limit(bytes);
+        self
+    }
+
     /// True once another login displaced this connection from the session registry; it is
     /// being kicked and can never be bound again.
     pub fn is_displaced(&self) -> bool {

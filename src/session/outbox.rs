@@ -26,11 +26,13 @@ pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    byte_limit: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Bytes>,
+    bytes: usize,
     close: Option<Close>,
 }
 
@@ -41,7 +43,15 @@ impl Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
+            byte_limit: usize::MAX,
         }
+    }
+
+    /// Also counts the connection a slow consumer once `bytes` are waiting. A single frame
+    /// larger than the limit is still queued when nothing else waits.
+    pub fn with_byte_limit(mut self, bytes: usize) -> Self {
+        self.byte_limit = bytes.max(1);
+        self
     }
 
     /// Queues an encoded frame. When the queue is full the connection is closed with 4004: a
@@ -51,13 +61,16 @@ impl Outbox {
         if state.close.is_some() {
             return Err(PushError::Closed);
         }
-        if state.queue.len() >= self.capacity {
+        let over_bytes = state.bytes + frame.len() > self.byte_limit && !state.queue.is_empty();
+        if state.queue.len() >= self.capacity || over_bytes {
             state.queue.clear();
+            state.bytes = 0;
             state.close = Some(Close::SLOW_CONSUMER);
             drop(state);
             self.notify.notify_one();
             return Err(PushError::Full);
         }
+        state.bytes += frame.len();
         state.queue.push_back(frame);
         drop(state);
         self.notify.notify_one();
@@ -100,6 +113,7 @@ impl Outbox {
                 let mut state = self.state.lock();
                 if !state.queue.is_empty() || state.close.is_some() {
                     batch.extend(state.queue.drain(..));
+                    state.bytes = 0;
                     if state.queue.capacity() > 64 {
                         state.queue.shrink_to(16);
                     }
@@ -123,6 +137,26 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(outbox.next_batch(&mut batch).await, None);
         assert_eq!(batch.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_past_the_limit_close_as_slow_consumer() {
+        let outbox = Outbox::new(1024).with_byte_limit(10);
+        // One frame larger than the limit still goes out when nothing else waits.
+        outbox.push(Bytes::from(vec![0u8; 16])).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        outbox.push(Bytes::from(vec![0u8; 6])).unwrap();
+        assert_eq!(outbox.push(Bytes::from(vec![0u8; 6])), Err(PushError::Full));
+        batch.clear();
+        assert_eq!(
+            outbox.next_batch(&mut batch).await.map(|c| c.code),
+            Some(4004)
+        );
+        assert!(
+            batch.is_empty(),
+            "what was queued is dropped with the connection"
+        );
     }
 
     #[tokio::test]

@@ -22,6 +22,8 @@ pub(crate) enum Inbound {
     Frame(Option<Codec>, Bytes),
     /// Traffic that proves liveness but carries no frame (ping, pong).
     Alive,
+    /// The client started the closing handshake (a WebSocket Close frame).
+    PeerClosed,
     /// The stream is unusable: answer with `error` if given, then close.
     Fail(Option<FrameError>, Close),
 }
@@ -35,9 +37,15 @@ pub(crate) trait FrameSink: Send {
         batch: &mut Vec<Bytes>,
     ) -> impl Future<Output = std::io::Result<()>> + Send;
 
-    /// Sends the close (a Close frame on WebSocket) and shuts the socket down.
-    fn close(&mut self, close: &Close) -> impl Future<Output = ()> + Send;
+    /// Sends the close (a Close frame on WebSocket) and shuts the socket down. `None`
+    /// completes a closing handshake the client started.
+    fn close(&mut self, close: Option<&Close>) -> impl Future<Output = ()> + Send;
 }
+
+/// How long a closed connection keeps reading (and discarding) what the client still sends.
+/// Closing a socket with unread input makes the kernel answer with a reset, which can destroy
+/// the Close frame or ERROR just written before the client reads it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs one connection until it closes: reads frames through `svc`, writes replies and
 /// deliveries, enforces the idle and login deadlines, and obeys `shutdown`.
@@ -61,6 +69,7 @@ pub(crate) async fn drive<R, W>(
     let login_deadline = started + login_timeout;
     let timer = sleep_until(login_deadline.min(started + settings.idle_timeout));
     tokio::pin!(timer);
+    let mut linger = false;
 
     loop {
         let reading = !conn.outbox().is_closing() && inflight.len() < settings.max_inflight;
@@ -82,7 +91,9 @@ pub(crate) async fn drive<R, W>(
                 }
                 if let Some(close) = close {
                     tracing::debug!(close.code = close.code, close.reason = %close.reason, "closing");
-                    let _ = tokio::time::timeout(settings.write_timeout, writer.close(&close)).await;
+                    let closing = writer.close(Some(&close));
+                    let _ = tokio::time::timeout(settings.write_timeout, closing).await;
+                    linger = true;
                     break;
                 }
             }
@@ -113,6 +124,12 @@ pub(crate) async fn drive<R, W>(
                         }
                     }
                     Some(Inbound::Alive) => last_seen = Instant::now(),
+                    Some(Inbound::PeerClosed) => {
+                        tracing::debug!("closed by the client");
+                        let closing = writer.close(None);
+                        let _ = tokio::time::timeout(settings.write_timeout, closing).await;
+                        break;
+                    }
                     Some(Inbound::Fail(error, close)) => {
                         if let Some(error) = error {
                             let _ = conn.send(&error.to_envelope());
@@ -138,6 +155,10 @@ pub(crate) async fn drive<R, W>(
     }
     // Whichever way it ended, the connection's binding goes with it.
     drop(conn.unbind());
+    if linger {
+        let drained = async { while reader.next().await.is_some() {} };
+        let _ = tokio::time::timeout(LINGER, drained).await;
+    }
 }
 
 /// A frame that could not be decoded gets its ERROR; a connection nobody has logged in is

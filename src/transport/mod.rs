@@ -48,6 +48,8 @@ pub struct TransportSettings {
     pub max_inflight: usize,
     /// Outbound queue capacity, in frames.
     pub outbound_queue: usize,
+    /// Outbound queue capacity, in bytes.
+    pub outbound_queue_bytes: usize,
     /// A write that cannot complete within this ends the connection.
     pub write_timeout: Duration,
     /// WebSocket path (`/im`).
@@ -69,6 +71,7 @@ impl Default for TransportSettings {
             login_timeout: Duration::from_secs(10),
             max_inflight: 32,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             ws_path: "/im".into(),
             ws_read_buffer: 1024,

@@ -72,12 +72,15 @@ fn connection(
         codec: None,
         handshake_device: None,
     };
-    let conn = Arc::new(Connection::new(
-        info,
-        settings.default_codec,
-        settings.wire,
-        settings.outbound_queue,
-    ));
+    let conn = Arc::new(
+        Connection::new(
+            info,
+            settings.default_codec,
+            settings.wire,
+            settings.outbound_queue,
+        )
+        .with_outbound_bytes(settings.outbound_queue_bytes),
+    );
     let span = tracing::debug_span!(
         "conn",
         transport = "tcp",
@@ -155,7 +158,7 @@ impl FrameSink for TcpSink {
         self.write.write_all(&buf).await
     }
 
-    async fn close(&mut self, _close: &Close) {
+    async fn close(&mut self, _close: Option<&Close>) {
         let _ = self.write.shutdown().await;
     }
 }

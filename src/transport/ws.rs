@@ -255,12 +255,15 @@ async fn run<V: TokenVerifier>(
     ctx: Arc<WsContext<V>>,
 ) {
     let settings = ctx.settings.clone();
-    let conn = Arc::new(Connection::new(
-        info,
-        settings.default_codec,
-        settings.wire,
-        settings.outbound_queue,
-    ));
+    let conn = Arc::new(
+        Connection::new(
+            info,
+            settings.default_codec,
+            settings.wire,
+            settings.outbound_queue,
+        )
+        .with_outbound_bytes(settings.outbound_queue_bytes),
+    );
     let _ = conn.set_identity(identity);
     let span = tracing::debug_span!(
         "conn",
@@ -334,8 +337,9 @@ impl futures_util::Stream for WsReader {
                 Ok(Message::Text(text)) => Inbound::Frame(Some(Codec::Json), Bytes::from(text)),
                 Ok(Message::Binary(bytes)) => Inbound::Frame(Some(Codec::Proto), bytes),
                 Ok(Message::Ping(_) | Message::Pong(_)) => Inbound::Alive,
-                // The client closes: tungstenite answers its Close; nothing more to read.
-                Ok(Message::Close(_)) => return Poll::Ready(None),
+                // Tungstenite has queued the answer to the client's Close (1002 for a code
+                // that is not allowed); the writer still has to flush it.
+                Ok(Message::Close(_)) => Inbound::PeerClosed,
                 Ok(Message::Frame(_)) => continue,
                 Err(error) => match failure(error) {
                     Some(inbound) => inbound,
@@ -388,12 +392,14 @@ impl FrameSink for WsSink {
         self.sink.flush().await.map_err(io_error)
     }
 
-    async fn close(&mut self, close: &Close) {
-        let frame = CloseFrame {
-            code: CloseCode::from(close.code),
-            reason: Utf8Bytes::from(close.reason.as_ref()),
-        };
-        let _ = self.sink.send(Message::Close(Some(frame))).await;
+    async fn close(&mut self, close: Option<&Close>) {
+        if let Some(close) = close {
+            let frame = CloseFrame {
+                code: CloseCode::from(close.code),
+                reason: Utf8Bytes::from(close.reason.as_ref()),
+            };
+            let _ = self.sink.send(Message::Close(Some(frame))).await;
+        }
         let _ = self.sink.close().await;
     }
 }
