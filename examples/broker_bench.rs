@@ -191,7 +191,9 @@ fn connect(sessions: &SessionRegistry, user: &str, i: usize, written: Arc<Atomic
         format!("dev-{i}"),
         || {},
     )));
-    sessions.bind(&user, DeviceType::Android.group(), &conn, false);
+    sessions
+        .bind(&user, DeviceType::Android.group(), &conn, false)
+        .expect("a fresh connection is never displaced");
 
     tokio::spawn(async move {
         let mut batch = Vec::new();

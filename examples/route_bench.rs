@@ -134,7 +134,7 @@ async fn refresh(
     for user in 0..REFRESH_USERS {
         let e = entry(1_000_000 + user, user % 3);
         let conn = bound(&e);
-        sessions.bind(&e.user_id, e.group(), &conn, false);
+        sessions.bind(&e.user_id, e.group(), &conn, false).unwrap();
         entries.push(e);
     }
     storm(store, entries, 256, |store, e| {

@@ -367,7 +367,9 @@ async fn refresh_writes_back_a_record_that_vanished() {
     sessions
         .bind(&"u1".into(), DeviceGroup::Mobile, &phone, false)
         .unwrap();
-    sessions.bind(&"u1".into(), DeviceGroup::Desktop, &desktop, false);
+    sessions
+        .bind(&"u1".into(), DeviceGroup::Desktop, &desktop, false)
+        .unwrap();
     store
         .register(entry("u1", DeviceType::Android, "d1", "node-a"))
         .await
@@ -560,7 +562,9 @@ async fn stalled_redis_fails_register_within_the_timeout() {
     assert!(store.is_revoked("t").await.is_err());
     let sessions = SessionRegistry::new();
     let conn = bound_connection("u1", DeviceType::Ios, "d1");
-    sessions.bind(&"u1".into(), DeviceGroup::Mobile, &conn, false);
+    sessions
+        .bind(&"u1".into(), DeviceGroup::Mobile, &conn, false)
+        .unwrap();
     assert!(store.refresh_once(&sessions, "node-a").await.is_err());
     assert!(started.elapsed() < Duration::from_secs(4));
     server.abort();
