@@ -184,6 +184,11 @@ async fn tcp_detects_json_and_reads_the_token_from_data() {
         reply.get("token").is_none(),
         "replies never carry the token"
     );
+    assert_eq!(
+        reply["data"],
+        json!({"deviceType": "linux"}),
+        "data is echoed without its token"
+    );
 }
 
 fn lucky_config() -> Config {

@@ -211,8 +211,15 @@ fn scalar_string(v: Value) -> Option<String> {
 }
 
 fn decode_json(bytes: &[u8]) -> Result<(i32, Envelope), FrameError> {
-    let frame: JsonFrame = serde_json::from_slice(bytes)
-        .map_err(|e| FrameError::bad(format!("invalid JSON frame: {e}")))?;
+    let frame: JsonFrame = serde_json::from_slice(bytes).map_err(|e| FrameError {
+        // Valid JSON with a field of the wrong type still names its request; only this
+        // error path pays for the second parse.
+        request_id: serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|mut v| v.get_mut("requestId").map(Value::take))
+            .and_then(scalar_string),
+        ..FrameError::bad(format!("invalid JSON frame: {e}"))
+    })?;
     let request_id = frame.request_id.and_then(scalar_string);
     let code = match frame.code {
         Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
@@ -428,6 +435,15 @@ mod tests {
         assert_eq!(err.request_id.as_deref(), Some("x"));
         let err = wire().decode_client(Codec::Json, b"{nope").unwrap_err();
         assert_eq!(err.reason, Reason::BadFrame);
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_bad_frame_with_the_request_id() {
+        let err = wire()
+            .decode_client(Codec::Json, br#"{"code":3,"requestId":"r9","ids":"bob"}"#)
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::BadFrame);
+        assert_eq!(err.request_id.as_deref(), Some("r9"));
     }
 
     #[test]

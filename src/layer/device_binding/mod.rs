@@ -149,6 +149,10 @@ impl DeviceBindings {
         reply.message = Some("ok".into());
         reply.device_type = Some(device.as_str().into());
         reply.data = req.frame.data.take();
+        // `data` is echoed, but a token carried in it must never come back.
+        if let Some(serde_json::Value::Object(data)) = &mut reply.data {
+            data.remove("token");
+        }
         let meta = &mut reply.metadata;
         meta.insert("platform".into(), device.group().as_str().into());
         meta.insert("deviceType".into(), device.as_str().into());
