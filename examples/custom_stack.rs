@@ -130,7 +130,9 @@ where
         // Every request gets exactly one reply carrying its requestId, refusals included.
         req.frame.ensure_request_id();
         let mut refusal = req.frame.reply(Kind::Error);
-        refusal.message = Some(format!("message refused: it contains the banned word `{word}`"));
+        refusal.message = Some(format!(
+            "message refused: it contains the banned word `{word}`"
+        ));
         refusal
             .metadata
             .insert("reason".into(), CONTENT_REFUSED.into());
@@ -169,7 +171,10 @@ pub fn filtered_stack(
         config.redis.as_ref().map_or(3_000, |r| r.timeout),
     ));
     let binding = DeviceBindingLayer::new(Arc::new(bindings));
-    let confirm = config.rabbitmq.as_ref().map_or(5_000, |r| r.confirm_timeout_ms);
+    let confirm = config
+        .rabbitmq
+        .as_ref()
+        .map_or(5_000, |r| r.confirm_timeout_ms);
     let dispatch = Dispatch::new(
         node.broker.clone(),
         &node.broker_id,

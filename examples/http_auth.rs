@@ -59,8 +59,7 @@ where
         // Clones share the rate limiter's bucket, so the limit holds across connections.
         let service = service.clone();
         tokio::spawn(async move {
-            let hyper_service =
-                hyper::service::service_fn(move |req| service.clone().oneshot(req));
+            let hyper_service = hyper::service::service_fn(move |req| service.clone().oneshot(req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), hyper_service);
             if let Err(error) = conn.await {
