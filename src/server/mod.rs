@@ -11,6 +11,7 @@
 //! # }
 //! ```
 
+mod listen;
 mod stack;
 
 pub use stack::{default_stack, verifier_from_config};
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -259,7 +259,7 @@ impl Server {
         host: &str,
         port: u16,
     ) -> Result<SocketAddr, BoxError> {
-        let listener = TcpListener::bind((host, port))
+        let listener = listen::listen(host, port)
             .await
             .map_err(|e| format!("cannot bind {} port {host}:{port}: {e}", transport.as_str()))?;
         let addr = listener.local_addr()?;
