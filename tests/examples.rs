@@ -250,3 +250,33 @@ fn chat_client_needs_exactly_one_server() {
     let args = Args::try_parse_from(["c", "--tcp", "h:1", "--token", "t"]).unwrap();
     assert_eq!((args.heartbeat, args.codes), (20, chat_client::Codes::Seed));
 }
+
+#[tokio::test]
+async fn chat_client_heartbeats_keep_it_past_the_idle_timeout() {
+    let mut config = config();
+    config.netty.config.heart_beat_time = 1_500;
+    let srv = TestServer::with(config).await;
+    let url = format!("ws://{}/im", srv.ws);
+    let token = srv.token("carol");
+    let mut carol = Client::start(&[
+        "chat_client",
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "--heartbeat",
+        "1",
+    ]);
+    carol.expect(|l| l.starts_with("logged in")).await;
+
+    // Silent but for its heartbeats, for more than twice the idle timeout.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let mut dave = ws_login(&srv, "dave", "web").await;
+    ws_send_json(
+        &mut dave,
+        json!({"code": 3, "ids": ["carol"], "data": {"text": "still there?"}}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut dave).await["code"], 0);
+    assert_eq!(carol.expect(|_| true).await, "dave: still there?");
+}
