@@ -11,6 +11,7 @@
 //! # }
 //! ```
 
+mod listen;
 mod stack;
 
 pub use stack::{default_stack, verifier_from_config};
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -77,6 +77,9 @@ pub struct PortInfo {
 /// Builds a broker around the node's delivery (the broker feeds downstream messages to it).
 type BrokerFactory = Box<dyn FnOnce(Arc<Delivery>) -> Arc<dyn Broker> + Send>;
 
+/// Builds the per-connection stack factory from the node and the token verifier.
+type StackBuilder = Box<dyn FnOnce(&Arc<Node>, Arc<dyn TokenVerifier>) -> StackFactory + Send>;
+
 /// Replaces the parts a configuration would choose, for library users and tests.
 #[derive(Default)]
 pub struct ServerBuilder {
@@ -85,6 +88,7 @@ pub struct ServerBuilder {
     registry: Option<Arc<dyn Registry>>,
     verifier: Option<Arc<dyn TokenVerifier>>,
     sessions: Option<Arc<SessionRegistry>>,
+    stack: Option<StackBuilder>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -124,6 +128,21 @@ impl ServerBuilder {
     /// Shares an existing session registry (for a route store that refreshes from it).
     pub fn sessions(mut self, sessions: Arc<SessionRegistry>) -> Self {
         self.sessions = Some(sessions);
+        self
+    }
+
+    /// Serves connections with the stack `make` builds instead of [`default_stack`].
+    ///
+    /// `make` runs once, after the node's parts exist, with the node (sessions, routes, broker
+    /// and configuration, which [`DeviceBindings`](crate::layer::DeviceBindings) and
+    /// [`Dispatch`](crate::dispatch::Dispatch) need) and the token verifier. The factory it
+    /// returns is called once per connection. The WebSocket handshake still checks the token
+    /// with the same verifier before any stack sees a frame.
+    pub fn stack(
+        mut self,
+        make: impl FnOnce(&Arc<Node>, Arc<dyn TokenVerifier>) -> StackFactory + Send + 'static,
+    ) -> Self {
+        self.stack = Some(Box::new(make));
         self
     }
 
@@ -168,7 +187,10 @@ impl ServerBuilder {
             registry,
         });
         let settings = Arc::new(stack::transport_settings(&config, wire));
-        let stack = default_stack(&node, verifier.clone());
+        let stack = match self.stack {
+            Some(make) => make(&node, verifier.clone()),
+            None => default_stack(&node, verifier.clone()),
+        };
         let server = Server {
             node,
             settings,
@@ -237,7 +259,7 @@ impl Server {
         host: &str,
         port: u16,
     ) -> Result<SocketAddr, BoxError> {
-        let listener = TcpListener::bind((host, port))
+        let listener = listen::listen(host, port)
             .await
             .map_err(|e| format!("cannot bind {} port {host}:{port}: {e}", transport.as_str()))?;
         let addr = listener.local_addr()?;
