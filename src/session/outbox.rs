@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -32,6 +33,8 @@ pub struct Outbox {
 struct State {
     queue: VecDeque<Bytes>,
     close: Option<Close>,
+    /// When the oldest queued downstream delivery reached the node.
+    delivered_at: Option<Instant>,
 }
 
 impl Outbox {
@@ -47,18 +50,32 @@ impl Outbox {
     /// Queues an encoded frame. When the queue is full the connection is closed with 4004: a
     /// client that cannot keep up loses its connection, never silently its messages.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_marked(frame, None)
+    }
+
+    /// Queues a downstream delivery that reached the node at `at`, so the writer can tell how
+    /// long it took to reach the socket.
+    pub fn push_delivery(&self, frame: Bytes, at: Instant) -> Result<(), PushError> {
+        self.push_marked(frame, Some(at))
+    }
+
+    fn push_marked(&self, frame: Bytes, at: Option<Instant>) -> Result<(), PushError> {
         let mut state = self.state.lock();
         if state.close.is_some() {
             return Err(PushError::Closed);
         }
         if state.queue.len() >= self.capacity {
             state.queue.clear();
+            state.delivered_at = None;
             state.close = Some(Close::SLOW_CONSUMER);
             drop(state);
             self.notify.notify_one();
             return Err(PushError::Full);
         }
         state.queue.push_back(frame);
+        if state.delivered_at.is_none() {
+            state.delivered_at = at;
+        }
         drop(state);
         self.notify.notify_one();
         Ok(())
@@ -92,6 +109,16 @@ impl Outbox {
     /// Waits until there is something to do, moves every queued frame into `batch` and returns
     /// the close to send after them, if one was requested.
     pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+        self.next_batch_marked(batch, &mut None).await
+    }
+
+    /// [`Outbox::next_batch`], also setting `delivered_at` to when the oldest downstream
+    /// delivery in the batch reached the node (left alone when the batch has none).
+    pub async fn next_batch_marked(
+        &self,
+        batch: &mut Vec<Bytes>,
+        delivered_at: &mut Option<Instant>,
+    ) -> Option<Close> {
         loop {
             // Register interest before looking, so a push between the check and the wait is
             // not missed.
@@ -100,6 +127,9 @@ impl Outbox {
                 let mut state = self.state.lock();
                 if !state.queue.is_empty() || state.close.is_some() {
                     batch.extend(state.queue.drain(..));
+                    if let Some(at) = state.delivered_at.take() {
+                        *delivered_at = Some(at);
+                    }
                     if state.queue.capacity() > 64 {
                         state.queue.shrink_to(16);
                     }

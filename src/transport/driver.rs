@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -53,9 +54,11 @@ pub(crate) async fn drive<R, W>(
     R: futures_util::Stream<Item = Inbound> + Unpin,
     W: FrameSink,
 {
-    let mut inflight: FuturesUnordered<<ConnectionService as Service<Request>>::Future> =
-        FuturesUnordered::new();
+    let metrics = &*settings.metrics;
+    // Each request carries the instant its frame arrived, for the frame handling latency.
+    let mut inflight = FuturesUnordered::new();
     let mut batch = Vec::new();
+    let mut delivered_at = None;
     let started = Instant::now();
     let mut last_seen = started;
     let login_deadline = started + login_timeout;
@@ -69,7 +72,7 @@ pub(crate) async fn drive<R, W>(
             _ = shutdown.cancelled(), if !conn.outbox().is_closing() => {
                 conn.close(Close::GOING_AWAY);
             }
-            close = conn.outbox().next_batch(&mut batch) => {
+            close = conn.outbox().next_batch_marked(&mut batch, &mut delivered_at) => {
                 let codec = conn.codec();
                 let written = tokio::time::timeout(
                     settings.write_timeout,
@@ -80,17 +83,26 @@ pub(crate) async fn drive<R, W>(
                     tracing::debug!("write failed or timed out");
                     break;
                 }
+                if let Some(at) = delivered_at.take() {
+                    metrics.delivery_written(at.elapsed());
+                }
                 if let Some(close) = close {
+                    metrics.closed(close.code);
                     tracing::debug!(close.code = close.code, close.reason = %close.reason, "closing");
                     let _ = tokio::time::timeout(settings.write_timeout, writer.close(&close)).await;
                     break;
                 }
             }
-            Some(result) = inflight.next() => {
+            Some((result, arrived)) = inflight.next() => {
+                let result: Result<Reply, crate::backend::BoxError> = result;
                 let reply = result.unwrap_or_else(|error| {
                     tracing::warn!(%error, "request failed");
                     Reply::frame(Envelope::error(crate::protocol::Reason::Internal, "internal error"))
                 });
+                metrics.frame_handled(Instant::now().saturating_duration_since(arrived).into());
+                if let Some(frame) = &reply.frame {
+                    metrics.reply(frame.kind(), reply.reason());
+                }
                 send_reply(&conn, reply);
             }
             inbound = reader.next(), if reading => {
@@ -104,12 +116,19 @@ pub(crate) async fn drive<R, W>(
                                 // that came without.
                                 frame.ensure_request_id();
                                 tracing::trace!(kind = ?frame.kind(), "frame");
+                                metrics.frame_in(frame.kind());
                                 if svc.ready().await.is_err() {
                                     break;
                                 }
-                                inflight.push(svc.call(Request::new(frame, conn.clone())));
+                                let arrived = last_seen;
+                                let call = svc.call(Request::new(frame, conn.clone()));
+                                inflight.push(call.map(move |result| (result, arrived)));
                             }
-                            Err(error) => refuse(&conn, error),
+                            Err(error) => {
+                                metrics.frame_in(None);
+                                metrics.reply(Some(crate::protocol::Kind::Error), Some(error.reason.as_str()));
+                                refuse(&conn, error);
+                            }
                         }
                     }
                     Some(Inbound::Alive) => last_seen = Instant::now(),
