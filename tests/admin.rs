@@ -429,9 +429,11 @@ async fn closes_and_refusals_are_counted() {
     let addr = admin(&srv);
 
     let mut chatty = ws_login(&srv, "counted-1", "web").await;
+    // Heartbeats are exempt from the limit; business messages are not.
     let mut refused = 0;
     for i in 0..4 {
-        ws_send_json(&mut chatty, json!({"code": 2, "requestId": format!("hb-{i}")})).await;
+        let frame = json!({"code": 3, "ids": ["counted-nobody"], "requestId": format!("m-{i}")});
+        ws_send_json(&mut chatty, frame).await;
         let reply = ws_json(&mut chatty).await;
         if reply["metadata"]["reason"] == "rate_limited" {
             refused += 1;
