@@ -23,8 +23,7 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -36,7 +35,9 @@ async fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("admin endpoint accepts");
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("admin endpoint accepts");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = token {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
@@ -102,7 +103,10 @@ async fn health_ready_console_and_unknown_paths() {
     assert!(addr.ip().is_loopback());
 
     let health = get(addr, "/health").await;
-    assert_eq!((health.status, health.json()["status"].clone()), (200, json!("alive")));
+    assert_eq!(
+        (health.status, health.json()["status"].clone()),
+        (200, json!("alive"))
+    );
 
     let ready = get(addr, "/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.body);
@@ -115,7 +119,9 @@ async fn health_ready_console_and_unknown_paths() {
     assert!(page.body.contains("im-connect console"));
     // The page is told the code table and where the WebSocket listener is.
     assert!(page.body.contains("\"single_message\":3"), "codes injected");
-    assert!(page.body.contains(&format!("\"wsPorts\":[{}]", srv.ws.port())));
+    assert!(page
+        .body
+        .contains(&format!("\"wsPorts\":[{}]", srv.ws.port())));
 
     let missing = get(addr, "/nope").await;
     assert_eq!(missing.status, 404);
@@ -138,7 +144,9 @@ async fn ready_is_503_naming_what_is_not_ready() {
         exchange: format!("admin-ready-{}", std::process::id()),
         ..RabbitMqConfig::default()
     });
-    let server = Server::start(config).await.expect("starts while RabbitMQ is down");
+    let server = Server::start(config)
+        .await
+        .expect("starts while RabbitMQ is down");
     let addr = server.admin_addr().unwrap();
 
     let ready = get(addr, "/ready").await;
@@ -172,11 +180,20 @@ async fn admin_token_is_required_when_configured() {
     let srv = TestServer::with(config).await;
     let addr = admin(&srv);
 
-    for path in ["/metrics", "/ready", "/admin/ports", "/admin/stats", "/admin/users/u1"] {
+    for path in [
+        "/metrics",
+        "/ready",
+        "/admin/ports",
+        "/admin/stats",
+        "/admin/users/u1",
+    ] {
         let denied = get(addr, path).await;
         assert_eq!(denied.status, 401, "{path}: {}", denied.body);
         assert!(denied.headers.contains("www-authenticate: bearer"));
-        assert!(denied.json()["error"].as_str().unwrap().contains("admin token"));
+        assert!(denied.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin token"));
     }
     let wrong = http(addr, "GET", "/metrics", Some("admin-secret-2"), None).await;
     assert_eq!(wrong.status, 401);
@@ -199,7 +216,14 @@ async fn ports_are_bound_and_closed_at_run_time() {
     let srv = TestServer::start().await;
     let addr = admin(&srv);
 
-    let bound = http(addr, "POST", "/admin/ports/0", None, Some(r#"{"transport":"tcp"}"#)).await;
+    let bound = http(
+        addr,
+        "POST",
+        "/admin/ports/0",
+        None,
+        Some(r#"{"transport":"tcp"}"#),
+    )
+    .await;
     assert_eq!(bound.status, 201, "{}", bound.body);
     let body = bound.json();
     assert_eq!(body["transport"], "tcp");
@@ -220,11 +244,21 @@ async fn ports_are_bound_and_closed_at_run_time() {
         .find(|p| p["port"] == port)
         .cloned()
         .expect("the new port is listed");
-    assert_eq!((entry["transport"].clone(), entry["connections"].clone()), (json!("tcp"), json!(1)));
+    assert_eq!(
+        (entry["transport"].clone(), entry["connections"].clone()),
+        (json!("tcp"), json!(1))
+    );
     assert_eq!(listed["ports"].as_array().unwrap().len(), 3);
 
     // The same port again is a conflict.
-    let again = http(addr, "POST", &format!("/admin/ports/{port}?transport=tcp"), None, None).await;
+    let again = http(
+        addr,
+        "POST",
+        &format!("/admin/ports/{port}?transport=tcp"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(again.status, 409, "{}", again.body);
 
     // Closing it drains its connection and stops accepting.
@@ -232,7 +266,10 @@ async fn ports_are_bound_and_closed_at_run_time() {
     assert_eq!(closed.status, 200, "{}", closed.body);
     assert_eq!(closed.json()["draining"], 1);
     client.closed().await;
-    assert!(TcpStream::connect(tcp_addr).await.is_err(), "port still accepts");
+    assert!(
+        TcpStream::connect(tcp_addr).await.is_err(),
+        "port still accepts"
+    );
     assert!(srv.server.ports().iter().all(|p| p.addr.port() != port));
     let gone = http(addr, "DELETE", &format!("/admin/ports/{port}"), None, None).await;
     assert_eq!(gone.status, 404);
@@ -246,7 +283,14 @@ async fn ports_are_bound_and_closed_at_run_time() {
     ws_send_json(&mut client, json!({"code": 1, "deviceType": "web"})).await;
     assert_eq!(ws_json(&mut client).await["message"], "ok");
     let ws_port = ws_addr.rsplit(':').next().unwrap();
-    let closed = http(addr, "DELETE", &format!("/admin/ports/{ws_port}"), None, None).await;
+    let closed = http(
+        addr,
+        "DELETE",
+        &format!("/admin/ports/{ws_port}"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(closed.status, 200);
     assert_eq!(ws_close(&mut client).await.0, 1001);
     srv.server.shutdown_with(WAIT).await;
@@ -257,12 +301,36 @@ async fn bad_port_requests_get_clear_errors() {
     let srv = TestServer::start().await;
     let addr = admin(&srv);
     let cases = [
-        ("POST", "/admin/ports/abc", Some(r#"{"transport":"tcp"}"#), 400, "not a port"),
-        ("POST", "/admin/ports/70000", Some(r#"{"transport":"tcp"}"#), 400, "not a port"),
+        (
+            "POST",
+            "/admin/ports/abc",
+            Some(r#"{"transport":"tcp"}"#),
+            400,
+            "not a port",
+        ),
+        (
+            "POST",
+            "/admin/ports/70000",
+            Some(r#"{"transport":"tcp"}"#),
+            400,
+            "not a port",
+        ),
         ("POST", "/admin/ports/0", None, 400, "which transport"),
-        ("POST", "/admin/ports/0", Some(r#"{"transport":"udp"}"#), 400, "unknown transport"),
+        (
+            "POST",
+            "/admin/ports/0",
+            Some(r#"{"transport":"udp"}"#),
+            400,
+            "unknown transport",
+        ),
         ("POST", "/admin/ports/0", Some("{not json"), 400, "bad JSON"),
-        ("POST", "/admin/ports/0", Some(r#"{"transport":"tcp","x":1}"#), 400, "unknown field"),
+        (
+            "POST",
+            "/admin/ports/0",
+            Some(r#"{"transport":"tcp","x":1}"#),
+            400,
+            "unknown field",
+        ),
         ("DELETE", "/admin/ports/-1", None, 400, "not a port"),
         ("DELETE", "/admin/ports/1", None, 404, "nothing is bound"),
         ("GET", "/admin/ports/1", None, 405, "not allowed"),
@@ -274,9 +342,19 @@ async fn bad_port_requests_get_clear_errors() {
         assert!(error.contains(says), "{method} {path}: {error}");
     }
     let taken = srv.tcp.port();
-    let conflict = http(addr, "POST", &format!("/admin/ports/{taken}"), None, Some(r#"{"transport":"ws"}"#)).await;
+    let conflict = http(
+        addr,
+        "POST",
+        &format!("/admin/ports/{taken}"),
+        None,
+        Some(r#"{"transport":"ws"}"#),
+    )
+    .await;
     assert_eq!(conflict.status, 409, "{}", conflict.body);
-    assert!(conflict.json()["error"].as_str().unwrap().contains(&taken.to_string()));
+    assert!(conflict.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains(&taken.to_string()));
     srv.server.shutdown_with(WAIT).await;
 }
 
@@ -287,7 +365,14 @@ async fn kick_sends_force_logout_with_reason_admin_then_4001() {
     let mut web = ws_login(&srv, "kick-1", "web").await;
     let mut phone = tcp_login(&srv, "kick-1", "ios").await;
 
-    let kicked = http(addr, "POST", "/admin/kick", None, Some(r#"{"user":"kick-1","group":"web"}"#)).await;
+    let kicked = http(
+        addr,
+        "POST",
+        "/admin/kick",
+        None,
+        Some(r#"{"user":"kick-1","group":"web"}"#),
+    )
+    .await;
     assert_eq!(kicked.status, 200, "{}", kicked.body);
     assert_eq!(kicked.json()["kicked"], 1);
     let frame = ws_json(&mut web).await;
@@ -298,7 +383,14 @@ async fn kick_sends_force_logout_with_reason_admin_then_4001() {
     // The phone stays until it is kicked by device type.
     let users = get(addr, "/admin/users/kick-1").await.json();
     assert_eq!(users["connections"].as_array().unwrap().len(), 1);
-    let kicked = http(addr, "POST", "/admin/kick", None, Some(r#"{"user":"kick-1","deviceType":"android"}"#)).await;
+    let kicked = http(
+        addr,
+        "POST",
+        "/admin/kick",
+        None,
+        Some(r#"{"user":"kick-1","deviceType":"android"}"#),
+    )
+    .await;
     assert_eq!(kicked.json()["kicked"], 1);
     let frame = phone.recv_proto().await;
     assert_eq!(frame.code, 6);
@@ -314,7 +406,11 @@ async fn kick_sends_force_logout_with_reason_admin_then_4001() {
         (None, 400, "JSON body is required"),
         (Some(r#"{"group":"web"}"#), 400, "missing field `user`"),
         (Some(r#"{"user":" "}"#), 400, "must not be empty"),
-        (Some(r#"{"user":"kick-1","group":"car"}"#), 400, "unknown group"),
+        (
+            Some(r#"{"user":"kick-1","group":"car"}"#),
+            400,
+            "unknown group",
+        ),
         (Some("[1,2"), 400, "bad JSON"),
     ];
     for (body, status, says) in cases {
@@ -350,7 +446,10 @@ async fn user_lookup_lists_the_connections_on_this_node() {
     let want = |t: &str, c: &str, g: &str, d: &str| (t.into(), c.into(), g.into(), d.into());
     assert_eq!(
         list,
-        [want("tcp", "proto", "MOBILE", "android"), want("ws", "json", "WEB", "web")]
+        [
+            want("tcp", "proto", "MOBILE", "android"),
+            want("ws", "json", "WEB", "web")
+        ]
     );
 
     let unknown = get(addr, "/admin/users/nobody").await;
@@ -383,8 +482,14 @@ async fn metrics_move_when_clients_connect_and_send() {
     let after = scrape(addr).await;
     let delta = |series: &str| metric(&after, series) - metric(&before, series);
     assert_eq!(metric(&after, "im_online_users"), 3.0);
-    assert_eq!(metric(&after, "im_connections{transport=\"ws\",codec=\"json\"}"), 2.0);
-    assert_eq!(metric(&after, "im_connections{transport=\"tcp\",codec=\"proto\"}"), 1.0);
+    assert_eq!(
+        metric(&after, "im_connections{transport=\"ws\",codec=\"json\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&after, "im_connections{transport=\"tcp\",codec=\"proto\"}"),
+        1.0
+    );
     assert_eq!(metric(&after, "im_open_connections{transport=\"ws\"}"), 2.0);
     assert_eq!(delta("im_logins_total"), 3.0);
     assert_eq!(delta("im_frames_in_total{kind=\"register\"}"), 3.0);
@@ -401,8 +506,14 @@ async fn metrics_move_when_clients_connect_and_send() {
     assert_eq!(metric(&after, "im_backend_up{backend=\"broker\"}"), 1.0);
 
     let stats = get(addr, "/admin/stats").await.json();
-    assert_eq!((stats["users"].clone(), stats["connections"].clone()), (json!(3), json!(3)));
-    assert_eq!((stats["upstream"].clone(), stats["downstream"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (stats["users"].clone(), stats["connections"].clone()),
+        (json!(3), json!(3))
+    );
+    assert_eq!(
+        (stats["upstream"].clone(), stats["downstream"].clone()),
+        (json!(1), json!(2))
+    );
 
     // Leaving shows too.
     drop(carol);
@@ -444,7 +555,10 @@ async fn closes_and_refusals_are_counted() {
     assert_eq!(ws_close(&mut chatty).await.0, 4002);
 
     let text = scrape(addr).await;
-    assert_eq!(metric(&text, "im_rate_limited_frames_total"), f64::from(refused));
+    assert_eq!(
+        metric(&text, "im_rate_limited_frames_total"),
+        f64::from(refused)
+    );
     assert_eq!(metric(&text, "im_heartbeat_timeouts_total"), 1.0);
     srv.server.shutdown_with(WAIT).await;
 }

@@ -59,7 +59,8 @@ fn install_hint(what: &str) -> String {
 }
 
 async fn start_driver() -> (Driver, std::path::PathBuf) {
-    let driver = find_binary(&["chromedriver"]).unwrap_or_else(|| panic!("{}", install_hint("chromedriver")));
+    let driver = find_binary(&["chromedriver"])
+        .unwrap_or_else(|| panic!("{}", install_hint("chromedriver")));
     let browser = find_binary(&["chromium", "chromium-browser"])
         .unwrap_or_else(|| panic!("{}", install_hint("chromium")));
     let port = {
@@ -81,10 +82,8 @@ async fn start_driver() -> (Driver, std::path::PathBuf) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let profile = std::env::temp_dir().join(format!(
-        "im-connect-console-{}-{port}",
-        std::process::id()
-    ));
+    let profile =
+        std::env::temp_dir().join(format!("im-connect-console-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&profile).unwrap();
     let driver = Driver {
         child,
@@ -194,7 +193,13 @@ async fn drive(client: &Client, srv: &TestServer, admin: SocketAddr) {
     assert_eq!(url.as_deref(), Some(format!("ws://{}/im", srv.ws).as_str()));
 
     type_into(client, "user-token", &srv.token("console-alice")).await;
-    client.find(Locator::Id("connect")).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Id("connect"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(client, "chat-status", |t| t.starts_with("registered")).await;
 
     let mut bob = ws_login(srv, "console-bob", "ios").await;
@@ -215,11 +220,20 @@ async fn drive(client: &Client, srv: &TestServer, admin: SocketAddr) {
     // The browser answers; Bob gets it, stamped with the browser user's id.
     type_into(client, "to", "console-bob").await;
     type_into(client, "text", "hello from the browser").await;
-    client.find(Locator::Id("send")).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let frame = next_of(&mut bob, 3).await;
     assert_eq!(frame["data"]["text"], "hello from the browser");
     assert_eq!(frame["metadata"]["userId"], "console-alice");
-    assert!(frame.get("ids").is_none(), "ids never reach clients: {frame}");
+    assert!(
+        frame.get("ids").is_none(),
+        "ids never reach clients: {frame}"
+    );
 
     // Two messages went through: the rate shows something once both polls saw them.
     let stats = srv.server.node().metrics.publishes();

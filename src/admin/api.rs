@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::Snapshot;
 use crate::backend::BoxFuture;
-use crate::protocol::{Codec, CodeTable, DeviceGroup, DeviceParser, Kind};
+use crate::protocol::{CodeTable, Codec, DeviceGroup, DeviceParser, Kind};
 use crate::server::{BindError, Server};
 use crate::session::{KickReason, Transport};
 
@@ -150,7 +150,10 @@ fn metrics(server: &Server) -> Response<Body> {
         sessions[t][c] += 1;
     }
     let mut by_kind = Vec::with_capacity(4);
-    for (t, transport) in [Transport::WebSocket, Transport::Tcp].into_iter().enumerate() {
+    for (t, transport) in [Transport::WebSocket, Transport::Tcp]
+        .into_iter()
+        .enumerate()
+    {
         for (c, codec) in [Codec::Json, Codec::Proto].into_iter().enumerate() {
             by_kind.push((transport, codec, sessions[t][c]));
         }
@@ -464,7 +467,10 @@ mod tests {
             query_param(Some("a=1&transport=tcp"), "transport").as_deref(),
             Some("tcp")
         );
-        assert_eq!(query_param(Some("transport"), "transport").as_deref(), Some(""));
+        assert_eq!(
+            query_param(Some("transport"), "transport").as_deref(),
+            Some("")
+        );
         assert_eq!(query_param(None, "transport"), None);
     }
 }

@@ -53,7 +53,10 @@ impl<B> ValidateRequest<B> for AdminAuth {
             return Ok(());
         }
 
-        tracing::debug!(path = request.uri().path(), "admin request without a valid token");
+        tracing::debug!(
+            path = request.uri().path(),
+            "admin request without a valid token"
+        );
         let mut response = json_error(
             StatusCode::UNAUTHORIZED,
             "a valid admin token is required: send Authorization: Bearer <admin.token>",

@@ -20,8 +20,8 @@ use crate::session::Transport;
 
 /// Latency buckets, in seconds: 50 µs to 5 s.
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
 ];
 
 /// One slot per [`Kind`] plus one for codes outside the table.
@@ -241,7 +241,10 @@ impl Metrics {
                     .iter()
                     .find(|(t, c, _)| *t == transport && *c == codec)
                     .map_or(0, |(_, _, n)| *n);
-                let labels = [("transport", transport.as_str()), ("codec", codec_name(codec))];
+                let labels = [
+                    ("transport", transport.as_str()),
+                    ("codec", codec_name(codec)),
+                ];
                 r.gauge_with("im_connections", &labels).set(count as f64);
             }
             let open = snapshot
@@ -332,7 +335,8 @@ impl Register<'_> {
     }
 
     fn describe(&self, name: &'static str, help: &'static str) {
-        self.0.describe_counter(KeyName::from(name), None, help.into());
+        self.0
+            .describe_counter(KeyName::from(name), None, help.into());
     }
 
     fn counter(&self, name: &'static str, help: &'static str) -> Counter {
@@ -405,10 +409,7 @@ mod tests {
         };
         let text = m.render(&snapshot);
         assert_eq!(
-            value(
-                &text,
-                "im_connections{transport=\"tcp\",codec=\"proto\"}"
-            ),
+            value(&text, "im_connections{transport=\"tcp\",codec=\"proto\"}"),
             3.0
         );
         assert_eq!(value(&text, "im_online_users"), 2.0);

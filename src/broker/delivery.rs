@@ -97,8 +97,7 @@ impl Delivery {
         }
         self.delivered
             .fetch_add(report.delivered as u64, Ordering::Relaxed);
-        self.metrics
-            .frames_out(env.kind(), report.delivered as u64);
+        self.metrics.frames_out(env.kind(), report.delivered as u64);
         report
     }
 

@@ -307,7 +307,9 @@ impl Server {
                     tracker: self.inner.tracker.clone(),
                     shutdown: stop.clone(),
                 });
-                self.inner.tracker.spawn(transport::ws::serve(listener, ctx));
+                self.inner
+                    .tracker
+                    .spawn(transport::ws::serve(listener, ctx));
             }
         }
         tracing::info!(transport = transport.as_str(), %addr, "listening");
@@ -341,7 +343,8 @@ impl Server {
 
     /// The bound ports.
     pub fn ports(&self) -> Vec<PortInfo> {
-        self.inner.listeners
+        self.inner
+            .listeners
             .lock()
             .values()
             .map(|l| PortInfo {

@@ -1,11 +1,12 @@
 //! The per-connection loop both transports share.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -55,8 +56,8 @@ pub(crate) async fn drive<R, W>(
     W: FrameSink,
 {
     let metrics = &*settings.metrics;
-    // Each request carries the instant its frame arrived, for the frame handling latency.
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight: FuturesUnordered<Timed<<ConnectionService as Service<Request>>::Future>> =
+        FuturesUnordered::new();
     let mut batch = Vec::new();
     let mut delivered_at = None;
     let started = Instant::now();
@@ -94,12 +95,11 @@ pub(crate) async fn drive<R, W>(
                 }
             }
             Some((result, arrived)) = inflight.next() => {
-                let result: Result<Reply, crate::backend::BoxError> = result;
                 let reply = result.unwrap_or_else(|error| {
                     tracing::warn!(%error, "request failed");
                     Reply::frame(Envelope::error(crate::protocol::Reason::Internal, "internal error"))
                 });
-                metrics.frame_handled(Instant::now().saturating_duration_since(arrived).into());
+                metrics.frame_handled(arrived.elapsed());
                 if let Some(frame) = &reply.frame {
                     metrics.reply(frame.kind(), reply.reason());
                 }
@@ -120,9 +120,10 @@ pub(crate) async fn drive<R, W>(
                                 if svc.ready().await.is_err() {
                                     break;
                                 }
-                                let arrived = last_seen;
-                                let call = svc.call(Request::new(frame, conn.clone()));
-                                inflight.push(call.map(move |result| (result, arrived)));
+                                inflight.push(Timed {
+                                    inner: svc.call(Request::new(frame, conn.clone())),
+                                    arrived: last_seen,
+                                });
                             }
                             Err(error) => {
                                 metrics.frame_in(None);
@@ -157,6 +158,26 @@ pub(crate) async fn drive<R, W>(
     }
     // Whichever way it ended, the connection's binding goes with it.
     drop(conn.unbind());
+}
+
+pin_project_lite::pin_project! {
+    /// A request in flight, yielding its result with the instant its frame arrived (for the
+    /// frame handling latency).
+    struct Timed<F> {
+        #[pin]
+        inner: F,
+        arrived: Instant,
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = (F::Output, Instant);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = ready!(this.inner.poll(cx));
+        Poll::Ready((output, *this.arrived))
+    }
 }
 
 /// A frame that could not be decoded gets its ERROR; a connection nobody has logged in is
