@@ -478,6 +478,13 @@ async fn metrics_move_when_clients_connect_and_send() {
     assert_eq!(carol.recv_proto().await.code, 3);
     ws_send_json(&mut bob, json!({"code": 2})).await;
     assert_eq!(ws_json(&mut bob).await["code"], 2, "heartbeat reply");
+    // The same request id again is acknowledged but not delivered twice.
+    ws_send_json(
+        &mut alice,
+        json!({"code": 3, "ids": ["metrics-b"], "requestId": "m-1", "data": {"text": "again"}}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut alice).await["code"], 0, "ACK");
 
     let after = scrape(addr).await;
     let delta = |series: &str| metric(&after, series) - metric(&before, series);
@@ -493,15 +500,20 @@ async fn metrics_move_when_clients_connect_and_send() {
     assert_eq!(metric(&after, "im_open_connections{transport=\"ws\"}"), 2.0);
     assert_eq!(delta("im_logins_total"), 3.0);
     assert_eq!(delta("im_frames_in_total{kind=\"register\"}"), 3.0);
-    assert_eq!(delta("im_frames_in_total{kind=\"single_message\"}"), 1.0);
+    assert_eq!(delta("im_frames_in_total{kind=\"single_message\"}"), 2.0);
     assert_eq!(delta("im_frames_in_total{kind=\"heart_beat\"}"), 1.0);
-    assert_eq!(delta("im_frames_out_total{kind=\"ack\"}"), 1.0);
+    assert_eq!(delta("im_frames_out_total{kind=\"ack\"}"), 2.0);
     assert_eq!(delta("im_frames_out_total{kind=\"single_message\"}"), 2.0);
-    assert_eq!(delta("im_upstream_publishes_total"), 1.0);
-    assert_eq!(delta("im_upstream_acks_total"), 1.0);
+    assert_eq!(delta("im_upstream_publishes_total"), 2.0);
+    assert_eq!(delta("im_upstream_acks_total"), 2.0);
     assert_eq!(delta("im_upstream_errors_total"), 0.0);
     assert_eq!(delta("im_downstream_deliveries_total"), 2.0);
-    assert_eq!(delta("im_frame_handling_seconds_count"), 5.0);
+    assert_eq!(delta("im_dedup_hits_total"), 1.0);
+    assert_eq!(delta("im_frame_handling_seconds_count"), 6.0);
+    assert!(
+        !after.contains("im_frames_in_total{kind=\"ack\"}"),
+        "server kinds counted in"
+    );
     assert!(delta("im_delivery_write_seconds_count") >= 1.0, "{after}");
     assert_eq!(metric(&after, "im_backend_up{backend=\"broker\"}"), 1.0);
 
@@ -512,7 +524,7 @@ async fn metrics_move_when_clients_connect_and_send() {
     );
     assert_eq!(
         (stats["upstream"].clone(), stats["downstream"].clone()),
-        (json!(1), json!(2))
+        (json!(2), json!(2))
     );
 
     // Leaving shows too.

@@ -91,8 +91,10 @@ impl Metrics {
         let handle = recorder.handle();
         let r = Register(&recorder);
 
-        let frames_in = kind_counters(&r, "im_frames_in_total");
-        let frames_out = kind_counters(&r, "im_frames_out_total");
+        // Clients cannot send the server's kinds (they are refused before counting), so those
+        // get no series in.
+        let frames_in = kind_counters(&r, "im_frames_in_total", Kind::from_client);
+        let frames_out = kind_counters(&r, "im_frames_out_total", |_| true);
         r.describe(
             "im_frames_in_total",
             "Frames received from clients and decoded, by kind",
@@ -310,11 +312,18 @@ fn codec_name(codec: Codec) -> &'static str {
     }
 }
 
-fn kind_counters(r: &Register<'_>, name: &'static str) -> [Counter; KIND_SLOTS] {
+fn kind_counters(
+    r: &Register<'_>,
+    name: &'static str,
+    counted: impl Fn(Kind) -> bool,
+) -> [Counter; KIND_SLOTS] {
     std::array::from_fn(|i| {
-        let kind = Kind::ALL.iter().find(|k| **k as usize == i);
-        let label = kind.map_or("other", |k| k.snake_name());
-        r.counter_with(name, &[("kind", label)])
+        let kind = Kind::ALL.iter().copied().find(|k| *k as usize == i);
+        match kind {
+            Some(kind) if !counted(kind) => Counter::noop(),
+            Some(kind) => r.counter_with(name, &[("kind", kind.snake_name())]),
+            None => r.counter_with(name, &[("kind", "other")]),
+        }
     })
 }
 
