@@ -23,28 +23,47 @@ struct Args {
     /// Threads sharing one set of metrics.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// What to time: `frame` (everything the driver does per frame), `count` (the two
+    /// counter increments), `clock` (the two clock reads) or `histogram` (one sample).
+    #[arg(long, default_value = "frame")]
+    part: String,
 }
 
-/// The driver's per-frame metric calls around a stand-in for the frame's work.
-fn frame(metrics: &Metrics, i: u64) {
-    let arrived = Instant::now();
-    metrics.frame_in(Some(Kind::SingleMessage));
-    black_box(i);
-    metrics.frame_handled(arrived.elapsed());
-    metrics.reply(Some(Kind::Ack), None);
+/// The driver's per-frame metric calls (or a part of them) around a stand-in for the frame's
+/// work.
+fn frame(metrics: &Metrics, part: &str, i: u64) {
+    match part {
+        "count" => {
+            metrics.frame_in(Some(Kind::SingleMessage));
+            metrics.reply(Some(Kind::Ack), None);
+        }
+        "clock" => {
+            let arrived = Instant::now();
+            black_box(arrived.elapsed());
+        }
+        "histogram" => metrics.frame_handled(Duration::from_nanos(black_box(i) & 0xffff)),
+        _ => {
+            let arrived = Instant::now();
+            metrics.frame_in(Some(Kind::SingleMessage));
+            black_box(i);
+            metrics.frame_handled(arrived.elapsed());
+            metrics.reply(Some(Kind::Ack), None);
+        }
+    }
 }
 
-fn run(metrics: &Arc<Metrics>, threads: usize, frames: u64, instrumented: bool) -> Duration {
+fn run(metrics: &Arc<Metrics>, part: Option<&str>, threads: usize, frames: u64) -> Duration {
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let metrics = metrics.clone();
             scope.spawn(move || {
                 for i in 0..frames {
-                    if instrumented {
-                        frame(&metrics, i);
-                    } else {
-                        black_box(i);
+                    match part {
+                        Some(part) => frame(&metrics, part, i),
+                        None => {
+                            black_box(i);
+                        }
                     }
                 }
             });
@@ -57,13 +76,13 @@ fn main() {
     let args = Args::parse();
     let metrics = Arc::new(Metrics::new());
     for threads in [1, args.threads] {
-        let base = run(&metrics, threads, args.frames, false);
-        let with = run(&metrics, threads, args.frames, true);
+        let base = run(&metrics, None, threads, args.frames);
+        let with = run(&metrics, Some(&args.part), threads, args.frames);
         let per_frame = (with.saturating_sub(base)).as_nanos() as f64 / args.frames as f64;
         println!(
-            "threads={threads} frames/thread={} instrumented={:.2?} bare={:.2?} \
+            "part={} threads={threads} frames/thread={} instrumented={:.2?} bare={:.2?} \
              cost={per_frame:.1} ns/frame/thread",
-            args.frames, with, base
+            args.part, args.frames, with, base
         );
         // Histogram samples wait in the recorder until upkeep folds them into buckets.
         let started = Instant::now();

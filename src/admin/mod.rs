@@ -17,6 +17,30 @@
 //! With `admin.token` set, every path but `/` and `/health` needs
 //! `Authorization: Bearer <token>`. Errors are JSON: `{"error": "...", "status": 404}`.
 //!
+//! # Metrics
+//!
+//! | series | type | what |
+//! |---|---|---|
+//! | `im_connections{transport,codec}` | gauge | logged-in connections |
+//! | `im_open_connections{transport}` | gauge | accepted connections, logged in or not |
+//! | `im_online_users` | gauge | users with a logged-in connection |
+//! | `im_logins_total` | counter | successful REGISTERs |
+//! | `im_kicks_total` | counter | closes with 4001 |
+//! | `im_heartbeat_timeouts_total` | counter | closes with 4002 |
+//! | `im_slow_consumer_closes_total` | counter | closes with 4004 |
+//! | `im_rate_limited_frames_total` | counter | frames refused by the rate limiter |
+//! | `im_frames_in_total{kind}` | counter | decoded client frames (`other`: codes outside the table) |
+//! | `im_frames_out_total{kind}` | counter | replies and downstream deliveries queued to clients |
+//! | `im_upstream_publishes_total`, `im_upstream_acks_total`, `im_upstream_errors_total` | counter | business messages to the broker, confirmed, refused or unconfirmed |
+//! | `im_downstream_deliveries_total` | counter | downstream frames queued to connections |
+//! | `im_dedup_hits_total` | counter | downstream messages dropped as duplicates |
+//! | `im_backend_up{backend}` | gauge | 1 when `broker`, `routes` or `registry` is healthy |
+//! | `im_frame_handling_seconds` | histogram | decoded client frame to its reply |
+//! | `im_delivery_write_seconds` | histogram | downstream message reaching the node to its socket write |
+//!
+//! Gauges are read from the node when `/metrics` is scraped (the connection gauges walk the
+//! session registry, so a scrape costs time in proportion to the connections held).
+//!
 //! The same operations are a library API on [`Server`]: [`Server::bind`],
 //! [`Server::close_port`], [`Server::ports`], [`Server::readiness`], and the node's
 //! [`Metrics`].
