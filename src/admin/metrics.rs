@@ -149,10 +149,18 @@ impl Metrics {
     }
 
     /// A shared set that belongs to no server, for parts built on their own (a delivery or
-    /// transport outside [`Server`](crate::server::Server)). Nothing scrapes it.
+    /// transport outside [`Server`](crate::server::Server)). Nothing scrapes it, and its
+    /// histograms discard their samples: nothing runs its upkeep, so they would pile up.
     pub fn detached() -> Arc<Metrics> {
         static DETACHED: OnceLock<Arc<Metrics>> = OnceLock::new();
-        DETACHED.get_or_init(|| Arc::new(Metrics::new())).clone()
+        DETACHED
+            .get_or_init(|| {
+                let mut metrics = Metrics::new();
+                metrics.frame_seconds = Histogram::noop();
+                metrics.delivery_seconds = Histogram::noop();
+                Arc::new(metrics)
+            })
+            .clone()
     }
 
     /// A client frame of `kind` (`None`: a code outside the table) was decoded.
@@ -404,6 +412,16 @@ mod tests {
             value(&other, "im_frames_in_total{kind=\"single_message\"}"),
             0.0
         );
+    }
+
+    #[test]
+    fn the_detached_set_keeps_no_samples() {
+        let detached = Metrics::detached();
+        detached.frame_handled(Duration::from_micros(10));
+        detached.delivery_written(Duration::from_micros(10));
+        let text = detached.render(&Snapshot::default());
+        assert_eq!(value(&text, "im_frame_handling_seconds_count"), 0.0);
+        assert_eq!(value(&text, "im_delivery_write_seconds_count"), 0.0);
     }
 
     #[test]
