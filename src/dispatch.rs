@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tower::Service;
 
+use crate::admin::Metrics;
 use crate::backend::{BoxError, BoxFuture};
 use crate::broker::{Broker, NoRecipients};
 use crate::protocol::{Kind, Reason};
@@ -18,6 +19,7 @@ pub struct Dispatch {
     broker: Arc<dyn Broker>,
     broker_id: Arc<str>,
     confirm_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatch {
@@ -28,7 +30,14 @@ impl Dispatch {
             broker,
             broker_id: broker_id.into(),
             confirm_timeout,
+            metrics: Metrics::detached(),
         }
+    }
+
+    /// Counts publishes, confirms and failures in `metrics`.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -64,8 +73,15 @@ impl Service<Request> for Dispatch {
         let ack = Reply::frame(req.frame.reply(Kind::Ack));
         let published = self.broker.publish(kind, req.frame.clone());
         let timeout = self.confirm_timeout;
+        let metrics = self.metrics.clone();
+        metrics.published();
         Box::pin(async move {
-            let reply = match tokio::time::timeout(timeout, published).await {
+            let outcome = tokio::time::timeout(timeout, published).await;
+            match &outcome {
+                Ok(Ok(())) => metrics.acked(),
+                _ => metrics.publish_failed(),
+            }
+            let reply = match outcome {
                 Ok(Ok(())) => ack,
                 Ok(Err(error)) if error.is::<NoRecipients>() => {
                     req.error(Reason::NoRecipients, error.to_string())

@@ -14,10 +14,12 @@
 //! - [`broker`]: where upstream messages go and downstream deliveries come from;
 //! - [`session`]: connections, their outbound queues and the user registry;
 //! - [`route`]: user → node routes; [`registry`]: service discovery;
-//! - [`config`]: the typed configuration; [`server`]: the packaged server.
+//! - [`config`]: the typed configuration; [`server`]: the packaged server; [`admin`]: its
+//!   HTTP endpoint (health, readiness, metrics, operator actions, web console).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod broker;
 pub mod config;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::admin::Metrics;
 use crate::protocol::{DeviceGroup, DeviceParser, Encoded, Envelope, Kind, Wire};
 use crate::session::{KickReason, SessionRegistry};
 
@@ -31,6 +32,7 @@ pub struct Delivery {
     dedup: Dedup,
     delivered: AtomicU64,
     duplicates: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Delivery {
@@ -48,7 +50,14 @@ impl Delivery {
             dedup: Dedup::new(dedup_window, 1 << 20),
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            metrics: Metrics::detached(),
         }
+    }
+
+    /// Counts delivered frames by kind in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The wire settings used to encode.
@@ -60,6 +69,7 @@ impl Delivery {
     /// codec and without `ids`. A FORCE_LOGOUT kicks instead. A message whose `requestId` (from
     /// the same sender) was seen within the window goes nowhere.
     pub fn deliver(&self, mut env: Envelope) -> DeliveryReport {
+        let arrived = Instant::now();
         if let Some(id) = &env.request_id {
             let sender = env.metadata.get("userId").map(String::as_str).unwrap_or("");
             if !self.dedup.first_sighting(sender, id) {
@@ -84,7 +94,7 @@ impl Delivery {
         let mut report = DeliveryReport::default();
         for user in &ids {
             self.sessions.for_each(user, |_, conn| {
-                match conn.send_bytes(encoded.get(conn.codec())) {
+                match conn.send_delivery(encoded.get(conn.codec()), arrived) {
                     Ok(()) => report.delivered += 1,
                     Err(crate::session::PushError::Full) => report.overflowed += 1,
                     Err(crate::session::PushError::Closed) => {}
@@ -93,6 +103,7 @@ impl Delivery {
         }
         self.delivered
             .fetch_add(report.delivered as u64, Ordering::Relaxed);
+        self.metrics.frames_out(env.kind(), report.delivered as u64);
         report
     }
 

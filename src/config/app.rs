@@ -73,12 +73,15 @@ impl Default for ProfilesConfig {
 pub struct AdminConfig {
     /// Whether the endpoint runs.
     pub enable: bool,
-    /// Port it listens on.
+    /// Port it listens on. Configuration files need 1 to 65535; code may set 0 for any free
+    /// port (tests), read back with `Server::admin_addr`.
     pub port: u16,
     /// Address it binds to. Anything but a loopback address requires `token`.
     #[serde(deserialize_with = "de::string")]
     pub host: String,
-    /// Bearer token that requests must present.
+    /// Bearer token that requests must present (`Authorization: Bearer <token>`). `/health`
+    /// and the console page at `/` are served without it; the page asks for it and sends it
+    /// with its API calls.
     #[serde(deserialize_with = "secret::optional")]
     pub token: Option<Secret>,
 }

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{Metrics, Readiness};
 use crate::backend::BoxError;
 use crate::broker::{broker_id_from, Broker, Delivery};
 use crate::config::Config;
@@ -52,6 +53,8 @@ pub struct Node {
     pub routes: Arc<dyn RouteStore>,
     /// Service discovery.
     pub registry: Arc<dyn Registry>,
+    /// This node's metrics, rendered by the admin endpoint's `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// One bound port.
@@ -72,6 +75,21 @@ pub struct PortInfo {
     pub addr: SocketAddr,
     /// Live connections on it.
     pub connections: usize,
+}
+
+/// A port that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {} port {host}:{port}: {source}", transport.as_str())]
+pub struct BindError {
+    /// The transport it was for.
+    pub transport: Transport,
+    /// The host asked for.
+    pub host: String,
+    /// The port asked for.
+    pub port: u16,
+    /// Why it failed (`AddrInUse` when another socket holds it).
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Builds a broker around the node's delivery (the broker feeds downstream messages to it).
@@ -158,12 +176,14 @@ impl ServerBuilder {
         let first_ws = netty.websocket.port.first().copied().unwrap_or(0);
         let broker_id: Arc<str> = broker_id_from(netty.broker_id.as_deref(), first_ws).into();
         let sessions = self.sessions.unwrap_or_default();
-        let delivery = Arc::new(Delivery::new(
+        let metrics = Arc::new(Metrics::new());
+        let delivery = Delivery::new(
             sessions.clone(),
             wire,
             devices.clone(),
             Duration::from_millis(netty.dedup_window_ms),
-        ));
+        );
+        let delivery = Arc::new(delivery.with_metrics(metrics.clone()));
         let broker = match self.broker {
             Some(make) => make(delivery.clone()),
             None => stack::broker_from_config(&config, &broker_id, wire, &delivery).await?,
@@ -185,21 +205,26 @@ impl ServerBuilder {
             broker,
             routes,
             registry,
+            metrics: metrics.clone(),
         });
-        let settings = Arc::new(stack::transport_settings(&config, wire));
+        let settings = Arc::new(stack::transport_settings(&config, wire, metrics));
         let stack = match self.stack {
             Some(make) => make(&node, verifier.clone()),
             None => default_stack(&node, verifier.clone()),
         };
         let server = Server {
-            node,
-            settings,
-            stack,
-            auth: AuthLayer::from_arc(Arc::new(verifier)),
-            listeners: Mutex::default(),
-            tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            inner: Arc::new(Inner {
+                node,
+                settings,
+                stack,
+                auth: AuthLayer::from_arc(Arc::new(verifier)),
+                listeners: Mutex::default(),
+                admin: Mutex::default(),
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
         };
+        let admin = crate::admin::bind(&config.admin).await?;
         let host = netty.host.clone();
         if netty.websocket.enable {
             for port in &netty.websocket.port {
@@ -211,18 +236,31 @@ impl ServerBuilder {
                 server.bind(Transport::Tcp, &host, *port).await?;
             }
         }
+        crate::admin::spawn_upkeep(&server);
+        if let Some(listener) = admin {
+            let addr = crate::admin::serve(listener, &server)?;
+            *server.inner.admin.lock() = Some(addr);
+        }
         server.publish_instances().await;
         Ok(server)
     }
 }
 
 /// A running gateway node.
+///
+/// A cheap handle: clones share the node, its listeners and its shutdown.
+#[derive(Clone)]
 pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     node: Arc<Node>,
     settings: Arc<TransportSettings>,
     stack: StackFactory,
     auth: AuthLayer<Arc<dyn TokenVerifier>>,
     listeners: Mutex<BTreeMap<SocketAddr, Listener>>,
+    admin: Mutex<Option<SocketAddr>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -230,8 +268,8 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("node", &self.node)
-            .field("listeners", &self.listeners)
+            .field("node", &self.inner.node)
+            .field("listeners", &self.inner.listeners)
             .finish_non_exhaustive()
     }
 }
@@ -249,7 +287,7 @@ impl Server {
 
     /// The node's shared parts.
     pub fn node(&self) -> &Arc<Node> {
-        &self.node
+        &self.inner.node
     }
 
     /// Binds `host:port` (port 0: any free port) for `transport` and starts accepting.
@@ -261,32 +299,39 @@ impl Server {
     ) -> Result<SocketAddr, BoxError> {
         let listener = listen::listen(host, port)
             .await
-            .map_err(|e| format!("cannot bind {} port {host}:{port}: {e}", transport.as_str()))?;
+            .map_err(|source| BindError {
+                transport,
+                host: host.to_owned(),
+                port,
+                source,
+            })?;
         let addr = listener.local_addr()?;
         let gauge = Arc::new(PortGauge::default());
-        let stop = self.shutdown.child_token();
+        let stop = self.inner.shutdown.child_token();
         match transport {
             Transport::Tcp => {
                 let task = transport::tcp::serve(
                     listener,
-                    self.stack.clone(),
-                    self.settings.clone(),
+                    self.inner.stack.clone(),
+                    self.inner.settings.clone(),
                     gauge.clone(),
-                    self.tracker.clone(),
+                    self.inner.tracker.clone(),
                     stop.clone(),
                 );
-                self.tracker.spawn(task);
+                self.inner.tracker.spawn(task);
             }
             Transport::WebSocket => {
                 let ctx = Arc::new(transport::ws::WsContext {
-                    stack: self.stack.clone(),
-                    settings: self.settings.clone(),
-                    auth: self.auth.clone(),
+                    stack: self.inner.stack.clone(),
+                    settings: self.inner.settings.clone(),
+                    auth: self.inner.auth.clone(),
                     gauge: gauge.clone(),
-                    tracker: self.tracker.clone(),
+                    tracker: self.inner.tracker.clone(),
                     shutdown: stop.clone(),
                 });
-                self.tracker.spawn(transport::ws::serve(listener, ctx));
+                self.inner
+                    .tracker
+                    .spawn(transport::ws::serve(listener, ctx));
             }
         }
         tracing::info!(transport = transport.as_str(), %addr, "listening");
@@ -296,14 +341,14 @@ impl Server {
             gauge,
             stop,
         };
-        self.listeners.lock().insert(addr, listener);
+        self.inner.listeners.lock().insert(addr, listener);
         Ok(addr)
     }
 
     /// Stops accepting on `port` and closes its connections with 1001. False when nothing is
     /// bound there.
     pub fn close_port(&self, port: u16) -> bool {
-        let mut listeners = self.listeners.lock();
+        let mut listeners = self.inner.listeners.lock();
         let addrs: Vec<_> = listeners
             .keys()
             .filter(|a| a.port() == port)
@@ -320,7 +365,8 @@ impl Server {
 
     /// The bound ports.
     pub fn ports(&self) -> Vec<PortInfo> {
-        self.listeners
+        self.inner
+            .listeners
             .lock()
             .values()
             .map(|l| PortInfo {
@@ -331,6 +377,35 @@ impl Server {
             .collect()
     }
 
+    /// Whether the node can serve: listeners bound and broker, route store and registry
+    /// healthy.
+    pub fn readiness(&self) -> Readiness {
+        let node = &self.inner.node;
+        Readiness::new(
+            self.inner.listeners.lock().len(),
+            &[
+                ("broker", node.broker.health()),
+                ("routes", node.routes.health()),
+                ("registry", node.registry.health()),
+            ],
+        )
+    }
+
+    /// The admin endpoint's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.inner.admin.lock()
+    }
+
+    /// Cancelled when the server shuts down.
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Runs `task` until the server shuts down; shutdown waits for it.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.inner.tracker.spawn(task);
+    }
+
     /// The first bound address of `transport`.
     pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
         self.ports()
@@ -339,7 +414,7 @@ impl Server {
             .map(|p| p.addr)
     }
 
-    async fn publish_instances(&self) {
+    pub(crate) async fn publish_instances(&self) {
         let instances = self
             .ports()
             .into_iter()
@@ -349,7 +424,7 @@ impl Server {
                 connections: p.connections,
             })
             .collect();
-        if let Err(error) = self.node.registry.publish(instances).await {
+        if let Err(error) = self.inner.node.registry.publish(instances).await {
             tracing::warn!(%error, "registration failed");
         }
     }
@@ -358,19 +433,19 @@ impl Server {
     /// connection, and wait (at most `grace`) for them to finish.
     pub async fn shutdown_with(&self, grace: Duration) {
         tracing::info!("shutting down");
-        if let Err(error) = self.node.registry.deregister().await {
+        if let Err(error) = self.inner.node.registry.deregister().await {
             tracing::warn!(%error, "deregistration failed");
         }
-        self.listeners.lock().clear();
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
+        self.inner.listeners.lock().clear();
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("connections still open after the grace period");
         }
-        self.node.broker.close().await;
+        self.inner.node.broker.close().await;
     }
 
     /// [`Server::shutdown_with`] a 10 second grace period.

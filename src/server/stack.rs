@@ -8,6 +8,7 @@ use tower::util::BoxService;
 use tower::ServiceBuilder;
 
 use super::Node;
+use crate::admin::Metrics;
 use crate::backend::BoxError;
 use crate::broker::{Broker, Delivery, EmbeddedBroker, RabbitBroker};
 use crate::config::Config;
@@ -55,7 +56,8 @@ pub fn default_stack(node: &Arc<Node>, verifier: Arc<dyn TokenVerifier>) -> Stac
         node.broker.clone(),
         &node.broker_id,
         Duration::from_millis(confirm),
-    );
+    )
+    .metrics(node.metrics.clone());
 
     Arc::new(move || {
         let svc = ServiceBuilder::new()
@@ -155,7 +157,11 @@ pub(super) async fn routes_from_config(
 }
 
 /// Transport limits from `netty.config`.
-pub(super) fn transport_settings(config: &Config, wire: Wire) -> TransportSettings {
+pub(super) fn transport_settings(
+    config: &Config,
+    wire: Wire,
+    metrics: Arc<Metrics>,
+) -> TransportSettings {
     let netty = &config.netty.config;
     TransportSettings {
         wire,
@@ -171,5 +177,6 @@ pub(super) fn transport_settings(config: &Config, wire: Wire) -> TransportSettin
         ws_path: netty.websocket.path.clone(),
         ws_read_buffer: netty.ws_read_buffer,
         ws_write_buffer: netty.ws_write_buffer,
+        metrics,
     }
 }

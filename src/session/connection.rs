@@ -307,6 +307,12 @@ impl Connection {
         self.outbox.push(bytes)
     }
 
+    /// Queues an encoded downstream delivery that reached the node at `at` (for the delivery
+    /// latency metric).
+    pub fn send_delivery(&self, bytes: Bytes, at: std::time::Instant) -> Result<(), PushError> {
+        self.outbox.push_delivery(bytes, at)
+    }
+
     /// Sends what is queued, then closes.
     pub fn close(&self, close: Close) {
         self.outbox.close(close);

@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -34,6 +35,8 @@ struct State {
     queue: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Close>,
+    /// When the oldest queued downstream delivery reached the node.
+    delivered_at: Option<Instant>,
 }
 
 impl Outbox {
@@ -57,6 +60,16 @@ impl Outbox {
     /// Queues an encoded frame. When the queue is full the connection is closed with 4004: a
     /// client that cannot keep up loses its connection, never silently its messages.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_marked(frame, None)
+    }
+
+    /// Queues a downstream delivery that reached the node at `at`, so the writer can tell how
+    /// long it took to reach the socket.
+    pub fn push_delivery(&self, frame: Bytes, at: Instant) -> Result<(), PushError> {
+        self.push_marked(frame, Some(at))
+    }
+
+    fn push_marked(&self, frame: Bytes, at: Option<Instant>) -> Result<(), PushError> {
         let mut state = self.state.lock();
         if state.close.is_some() {
             return Err(PushError::Closed);
@@ -65,6 +78,7 @@ impl Outbox {
         if state.queue.len() >= self.capacity || over_bytes {
             state.queue.clear();
             state.bytes = 0;
+            state.delivered_at = None;
             state.close = Some(Close::SLOW_CONSUMER);
             drop(state);
             self.notify.notify_one();
@@ -72,6 +86,9 @@ impl Outbox {
         }
         state.bytes += frame.len();
         state.queue.push_back(frame);
+        if state.delivered_at.is_none() {
+            state.delivered_at = at;
+        }
         drop(state);
         self.notify.notify_one();
         Ok(())
@@ -105,6 +122,16 @@ impl Outbox {
     /// Waits until there is something to do, moves every queued frame into `batch` and returns
     /// the close to send after them, if one was requested.
     pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+        self.next_batch_marked(batch, &mut None).await
+    }
+
+    /// [`Outbox::next_batch`], also setting `delivered_at` to when the oldest downstream
+    /// delivery in the batch reached the node (left alone when the batch has none).
+    pub async fn next_batch_marked(
+        &self,
+        batch: &mut Vec<Bytes>,
+        delivered_at: &mut Option<Instant>,
+    ) -> Option<Close> {
         loop {
             // Register interest before looking, so a push between the check and the wait is
             // not missed.
@@ -114,6 +141,9 @@ impl Outbox {
                 if !state.queue.is_empty() || state.close.is_some() {
                     batch.extend(state.queue.drain(..));
                     state.bytes = 0;
+                    if let Some(at) = state.delivered_at.take() {
+                        *delivered_at = Some(at);
+                    }
                     if state.queue.capacity() > 64 {
                         state.queue.shrink_to(16);
                     }

@@ -1,7 +1,9 @@
 //! The per-connection loop both transports share.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -61,9 +63,11 @@ pub(crate) async fn drive<R, W>(
     R: futures_util::Stream<Item = Inbound> + Unpin,
     W: FrameSink,
 {
-    let mut inflight: FuturesUnordered<<ConnectionService as Service<Request>>::Future> =
+    let metrics = &*settings.metrics;
+    let mut inflight: FuturesUnordered<Timed<<ConnectionService as Service<Request>>::Future>> =
         FuturesUnordered::new();
     let mut batch = Vec::new();
+    let mut delivered_at = None;
     let started = Instant::now();
     let mut last_seen = started;
     let login_deadline = started + login_timeout;
@@ -78,7 +82,7 @@ pub(crate) async fn drive<R, W>(
             _ = shutdown.cancelled(), if !conn.outbox().is_closing() => {
                 conn.close(Close::GOING_AWAY);
             }
-            close = conn.outbox().next_batch(&mut batch) => {
+            close = conn.outbox().next_batch_marked(&mut batch, &mut delivered_at) => {
                 let codec = conn.codec();
                 let written = tokio::time::timeout(
                     settings.write_timeout,
@@ -89,7 +93,11 @@ pub(crate) async fn drive<R, W>(
                     tracing::debug!("write failed or timed out");
                     break;
                 }
+                if let Some(at) = delivered_at.take() {
+                    metrics.delivery_written(at.elapsed());
+                }
                 if let Some(close) = close {
+                    metrics.closed(close.code);
                     tracing::debug!(close.code = close.code, close.reason = %close.reason, "closing");
                     let closing = writer.close(Some(&close));
                     let _ = tokio::time::timeout(settings.write_timeout, closing).await;
@@ -97,11 +105,15 @@ pub(crate) async fn drive<R, W>(
                     break;
                 }
             }
-            Some(result) = inflight.next() => {
+            Some((result, arrived)) = inflight.next() => {
                 let reply = result.unwrap_or_else(|error| {
                     tracing::warn!(%error, "request failed");
                     Reply::frame(Envelope::error(crate::protocol::Reason::Internal, "internal error"))
                 });
+                metrics.frame_handled(arrived.elapsed());
+                if let Some(frame) = &reply.frame {
+                    metrics.reply(frame.kind(), reply.reason());
+                }
                 send_reply(&conn, reply);
             }
             inbound = reader.next(), if reading => {
@@ -115,12 +127,20 @@ pub(crate) async fn drive<R, W>(
                                 // that came without.
                                 frame.ensure_request_id();
                                 tracing::trace!(kind = ?frame.kind(), "frame");
+                                metrics.frame_in(frame.kind());
                                 if svc.ready().await.is_err() {
                                     break;
                                 }
-                                inflight.push(svc.call(Request::new(frame, conn.clone())));
+                                inflight.push(Timed {
+                                    inner: svc.call(Request::new(frame, conn.clone())),
+                                    arrived: last_seen,
+                                });
                             }
-                            Err(error) => refuse(&conn, error),
+                            Err(error) => {
+                                metrics.frame_in(None);
+                                metrics.reply(Some(crate::protocol::Kind::Error), Some(error.reason.as_str()));
+                                refuse(&conn, error);
+                            }
                         }
                     }
                     Some(Inbound::Alive) => last_seen = Instant::now(),
@@ -158,6 +178,26 @@ pub(crate) async fn drive<R, W>(
     if linger {
         let drained = async { while reader.next().await.is_some() {} };
         let _ = tokio::time::timeout(LINGER, drained).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request in flight, yielding its result with the instant its frame arrived (for the
+    /// frame handling latency).
+    struct Timed<F> {
+        #[pin]
+        inner: F,
+        arrived: Instant,
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = (F::Output, Instant);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = ready!(this.inner.poll(cx));
+        Poll::Ready((output, *this.arrived))
     }
 }
 

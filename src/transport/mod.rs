@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tower::util::BoxService;
 
+use crate::admin::Metrics;
 use crate::backend::BoxError;
 use crate::protocol::{Codec, Wire};
 use crate::request::{Reply, Request};
@@ -58,6 +59,8 @@ pub struct TransportSettings {
     pub ws_read_buffer: usize,
     /// tungstenite write buffer size.
     pub ws_write_buffer: usize,
+    /// Where frame counts and latencies go.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for TransportSettings {
@@ -76,6 +79,7 @@ impl Default for TransportSettings {
             ws_path: "/im".into(),
             ws_read_buffer: 1024,
             ws_write_buffer: 1024,
+            metrics: Metrics::detached(),
         }
     }
 }

@@ -23,9 +23,11 @@ use tokio_tungstenite::WebSocketStream;
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// A configuration with no listeners (tests bind port 0) and the test secret.
+/// A configuration with no listeners (tests bind port 0), the admin endpoint on a free port
+/// and the test secret.
 pub fn config() -> Config {
     let mut config = Config::default();
+    config.admin.port = 0;
     config.auth.jwt.secret = Some(Secret::new(SECRET));
     config.netty.config.websocket.port.clear();
     config.netty.config.tcp.port.clear();
