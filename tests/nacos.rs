@@ -1,0 +1,485 @@
+//! Registration against a real Nacos-compatible server (rnacos): instances and their metadata,
+//! live connection counts, ports bound and closed at run time, deregistration on shutdown,
+//! namespaces, and a node that starts before Nacos does.
+//!
+//! Instances are read back through the Nacos HTTP API (`/nacos/v1/ns/instance/list`), not
+//! through the client under test. Each test uses its own service name, so the tests share the
+//! rnacos on 8848 with each other and with other suites.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{config, tcp_login, ws_close, ws_json, ws_login, ws_send_json, TestServer};
+use im_connect::backend::Health;
+use im_connect::config::{Config, NacosConfig};
+use im_connect::server::Server;
+use im_connect::session::Transport;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The shared rnacos that `scripts/services` starts.
+const NACOS_HTTP: u16 = 8848;
+const NACOS_GRPC: u16 = 9848;
+
+/// Ports of the rnacos the start-before-Nacos test runs itself.
+const LATE_HTTP: u16 = 18848;
+const LATE_GRPC: u16 = 19848;
+const LATE_CONSOLE: u16 = 20848;
+
+const REFRESH_MS: u64 = 1_000;
+
+/// How long registration may take to show: generous, the machine is shared.
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn listening(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+fn require_nacos() {
+    assert!(
+        listening(NACOS_HTTP) && listening(NACOS_GRPC),
+        "rnacos is not running on 127.0.0.1:{NACOS_HTTP} (HTTP) and :{NACOS_GRPC} (gRPC): \
+         start it with scripts/services"
+    );
+}
+
+/// A name no other test run uses.
+fn unique(what: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "im-connect-test-{what}-{}-{nanos}-{seq}",
+        std::process::id()
+    )
+}
+
+fn nacos_section(service: &str, port: u16) -> NacosConfig {
+    NacosConfig {
+        name: service.to_owned(),
+        address: "127.0.0.1".into(),
+        port,
+        version: "9.8.7".into(),
+        region: "test-region".into(),
+        priority: 3,
+        refresh_interval_ms: REFRESH_MS,
+        ip: Some("127.0.0.1".into()),
+        ..NacosConfig::default()
+    }
+}
+
+fn config_with(nacos: NacosConfig) -> Config {
+    let mut config = config();
+    config.nacos = Some(nacos);
+    config
+}
+
+/// One registered instance as the HTTP API lists it.
+#[derive(Debug, Clone)]
+struct Listed {
+    ip: String,
+    port: u16,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Lists the instances of `service` in `group` and `namespace` (empty: public) through the
+/// Nacos HTTP API on `http_port`.
+async fn list(http_port: u16, namespace: &str, group: &str, service: &str) -> Vec<Listed> {
+    let path = format!(
+        "/nacos/v1/ns/instance/list?serviceName={service}&groupName={group}\
+         &namespaceId={namespace}&healthyOnly=false"
+    );
+    let body = http_get(http_port, &path).await;
+    let value: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("instance list is not JSON ({e}): {body}"));
+    let hosts = value["hosts"].as_array().cloned().unwrap_or_default();
+    let mut listed: Vec<Listed> = hosts
+        .iter()
+        .map(|host| Listed {
+            ip: host["ip"].as_str().unwrap_or_default().to_owned(),
+            port: host["port"].as_u64().unwrap_or_default() as u16,
+            metadata: host["metadata"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    listed.sort_by_key(|l| l.port);
+    listed
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the Nacos HTTP port accepts");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("Nacos answers within 10s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed HTTP response: {response}"));
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}\n{body}"
+    );
+    body.to_owned()
+}
+
+/// Polls the listing until `done` holds, panicking with the last listing after `limit`.
+async fn wait_listing(
+    http_port: u16,
+    namespace: &str,
+    service: &str,
+    limit: Duration,
+    done: impl Fn(&[Listed]) -> bool,
+) -> Vec<Listed> {
+    let start = Instant::now();
+    loop {
+        let listed = list(http_port, namespace, "DEFAULT_GROUP", service).await;
+        if done(&listed) {
+            return listed;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "listing of {service} did not settle within {limit:?}: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ports(listed: &[Listed]) -> Vec<u16> {
+    listed.iter().map(|l| l.port).collect()
+}
+
+fn sorted(mut ports: Vec<u16>) -> Vec<u16> {
+    ports.sort_unstable();
+    ports
+}
+
+fn count_on(listed: &[Listed], port: u16) -> Option<&str> {
+    listed
+        .iter()
+        .find(|l| l.port == port)
+        .and_then(|l| l.metadata.get("connection"))
+        .map(String::as_str)
+}
+
+async fn wait_health_up(server: &Server) {
+    let start = Instant::now();
+    loop {
+        let health = server.node().registry.health();
+        if health.is_up() {
+            return;
+        }
+        assert!(start.elapsed() < SETTLE, "registry still {health:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn instances_are_listed_with_address_ports_and_metadata() {
+    require_nacos();
+    let service = unique("metadata");
+    let srv = TestServer::with(config_with(nacos_section(&service, NACOS_HTTP))).await;
+    let expected = sorted(vec![srv.ws.port(), srv.tcp.port()]);
+
+    let listed = wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| ports(l) == expected).await;
+    wait_health_up(&srv.server).await;
+
+    let broker_id = srv.server.node().broker_id.to_string();
+    for instance in &listed {
+        let transport = if instance.port == srv.ws.port() {
+            "ws"
+        } else {
+            "tcp"
+        };
+        assert_eq!(instance.ip, "127.0.0.1");
+        let m = &instance.metadata;
+        assert_eq!(m["brokerId"], broker_id);
+        assert_eq!(m["version"], "9.8.7");
+        assert_eq!(m["wsPath"], srv.config.netty.config.websocket.path);
+        assert_eq!(m["transport"], transport, "{instance:?}");
+        let protocols: Vec<String> = serde_json::from_str(&m["protocols"]).unwrap();
+        assert_eq!(protocols, ["json", "proto"]);
+        assert_eq!(m["connection"], "0");
+        assert_eq!(m["connection_count"], "0");
+        assert_eq!(m["region"], "test-region");
+        assert_eq!(m["priority"], "3");
+    }
+
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn advertised_address_is_detected_when_not_configured() {
+    require_nacos();
+    let service = unique("detect");
+    let mut nacos = nacos_section(&service, NACOS_HTTP);
+    nacos.ip = None;
+    let srv = TestServer::with(config_with(nacos)).await;
+
+    let listed = wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| l.len() == 2).await;
+
+    let ip: std::net::IpAddr = listed[0].ip.parse().expect("an IP address is advertised");
+    assert!(!ip.is_unspecified());
+    // Only an address of one of this host's interfaces can be bound.
+    std::net::TcpListener::bind((ip, 0)).expect("the advertised address is this host's");
+    assert_eq!(listed[0].ip, listed[1].ip);
+
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn connection_counts_follow_clients_within_a_refresh_period() {
+    require_nacos();
+    let service = unique("counts");
+    let srv = TestServer::with(config_with(nacos_section(&service, NACOS_HTTP))).await;
+    let (ws_port, tcp_port) = (srv.ws.port(), srv.tcp.port());
+    wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| l.len() == 2).await;
+
+    let ws = ws_login(&srv, "nacos-u1", "ios").await;
+    let tcp_a = tcp_login(&srv, "nacos-u2", "android").await;
+    let tcp_b = tcp_login(&srv, "nacos-u3", "android").await;
+
+    // A refresh period of one second; the bound leaves room for a loaded machine yet stays
+    // below the ten-second default, so only the configured period can satisfy it.
+    let within = Duration::from_millis(REFRESH_MS * 8);
+    let listed = wait_listing(NACOS_HTTP, "", &service, within, |l| {
+        count_on(l, ws_port) == Some("1") && count_on(l, tcp_port) == Some("2")
+    })
+    .await;
+    let tcp = listed.iter().find(|l| l.port == tcp_port).unwrap();
+    assert_eq!(tcp.metadata["connection_count"], "2");
+
+    drop((ws, tcp_a, tcp_b));
+    wait_listing(NACOS_HTTP, "", &service, within, |l| {
+        count_on(l, ws_port) == Some("0") && count_on(l, tcp_port) == Some("0")
+    })
+    .await;
+
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn instances_follow_ports_bound_and_closed_at_run_time() {
+    require_nacos();
+    let service = unique("ports");
+    let srv = TestServer::with(config_with(nacos_section(&service, NACOS_HTTP))).await;
+    let (ws_port, tcp_port) = (srv.ws.port(), srv.tcp.port());
+    wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| l.len() == 2).await;
+
+    assert!(srv.server.close_port(tcp_port));
+    wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| ports(l) == [ws_port]).await;
+
+    let extra = srv
+        .server
+        .bind(Transport::Tcp, "127.0.0.1", 0)
+        .await
+        .unwrap()
+        .port();
+    let expected = sorted(vec![ws_port, extra]);
+    let listed = wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| ports(l) == expected).await;
+    let added = listed.iter().find(|l| l.port == extra).unwrap();
+    assert_eq!(added.metadata["transport"], "tcp");
+
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_deregisters_before_closing_connections() {
+    require_nacos();
+    let service = unique("shutdown");
+    let srv = TestServer::with(config_with(nacos_section(&service, NACOS_HTTP))).await;
+    wait_listing(NACOS_HTTP, "", &service, SETTLE, |l| l.len() == 2).await;
+    let mut ws = ws_login(&srv, "nacos-leaver", "ios").await;
+
+    let TestServer { server, .. } = srv;
+    let shutdown = tokio::spawn(async move {
+        server.shutdown_with(Duration::from_secs(5)).await;
+        server
+    });
+
+    // Connections are closed only after deregistration, so by the time this client is told
+    // to go away the node is already out of discovery.
+    let (code, _) = ws_close(&mut ws).await;
+    assert_eq!(code, 1001);
+    let listed = list(NACOS_HTTP, "", "DEFAULT_GROUP", &service).await;
+    assert!(listed.is_empty(), "still registered: {listed:?}");
+
+    let server = shutdown.await.unwrap();
+    assert!(!server.node().registry.health().is_up());
+}
+
+#[tokio::test]
+async fn a_namespace_other_than_the_default_is_honoured() {
+    require_nacos();
+    let service = unique("namespace");
+    let namespace = unique("ns");
+    let mut nacos = nacos_section(&service, NACOS_HTTP);
+    nacos.namespace = namespace.clone();
+    nacos.group = "IM_TEST_GROUP".into();
+    let srv = TestServer::with(config_with(nacos)).await;
+
+    let start = Instant::now();
+    let listed = loop {
+        let listed = list(NACOS_HTTP, &namespace, "IM_TEST_GROUP", &service).await;
+        if listed.len() == 2 {
+            break listed;
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "not registered in {namespace}: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        sorted(ports(&listed)),
+        sorted(vec![srv.ws.port(), srv.tcp.port()])
+    );
+
+    for (ns, group) in [
+        ("", "IM_TEST_GROUP"),
+        ("", "DEFAULT_GROUP"),
+        (namespace.as_str(), "DEFAULT_GROUP"),
+    ] {
+        let elsewhere = list(NACOS_HTTP, ns, group, &service).await;
+        assert!(
+            elsewhere.is_empty(),
+            "found in {ns:?}/{group}: {elsewhere:?}"
+        );
+    }
+
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+    let listed = list(NACOS_HTTP, &namespace, "IM_TEST_GROUP", &service).await;
+    assert!(listed.is_empty(), "still registered: {listed:?}");
+}
+
+/// An rnacos of this test's own, killed (and its data removed) when dropped.
+struct OwnNacos {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl OwnNacos {
+    fn start() -> OwnNacos {
+        let binary = rnacos_binary();
+        let dir = std::env::temp_dir().join(unique("rnacos"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("rnacos.log")).unwrap();
+        let child = Command::new(binary)
+            .current_dir(&dir)
+            .env("RNACOS_HTTP_PORT", LATE_HTTP.to_string())
+            .env("RNACOS_GRPC_PORT", LATE_GRPC.to_string())
+            .env("RNACOS_HTTP_CONSOLE_PORT", LATE_CONSOLE.to_string())
+            .env("RNACOS_CONFIG_DB_DIR", dir.join("db"))
+            .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{LATE_GRPC}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("rnacos starts");
+        OwnNacos { child, dir }
+    }
+}
+
+impl Drop for OwnNacos {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rnacos_binary() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("rnacos"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/rnacos"));
+    }
+    candidates
+        .into_iter()
+        .find(|c| c.is_file())
+        .expect("the rnacos binary is not installed: run scripts/services (it installs rnacos)")
+}
+
+#[tokio::test]
+async fn a_node_started_before_nacos_serves_and_registers_once_nacos_is_up() {
+    let binary = rnacos_binary();
+    assert!(binary.is_file());
+    assert!(
+        !listening(LATE_HTTP) && !listening(LATE_GRPC) && !listening(LATE_CONSOLE),
+        "ports {LATE_HTTP}, {LATE_GRPC} and {LATE_CONSOLE} must be free for this test's rnacos"
+    );
+    let service = unique("late");
+    // Start-up does not contact Nacos at all; the bound only catches a start-up that waits
+    // for the client's connection attempts (seconds each).
+    let started = Instant::now();
+    let srv = TestServer::with(config_with(nacos_section(&service, LATE_HTTP))).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "start-up waited on the unreachable Nacos"
+    );
+
+    // Serving while Nacos is unreachable, and saying so.
+    let mut ws = ws_login(&srv, "early-bird", "ios").await;
+    let tcp = tcp_login(&srv, "early-tcp", "android").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    match srv.server.node().registry.health() {
+        Health::Down(reason) => assert!(reason.contains("nacos"), "{reason}"),
+        Health::Up => panic!("registry reports up with Nacos unreachable"),
+    }
+
+    let nacos = OwnNacos::start();
+    let listed = wait_listing(LATE_HTTP, "", &service, Duration::from_secs(60), |l| {
+        l.len() == 2
+    })
+    .await;
+    assert_eq!(
+        sorted(ports(&listed)),
+        sorted(vec![srv.ws.port(), srv.tcp.port()])
+    );
+    wait_health_up(&srv.server).await;
+    // The counts include the clients that logged in during the outage.
+    let listed = wait_listing(LATE_HTTP, "", &service, SETTLE, |l| {
+        count_on(l, srv.ws.port()) == Some("1") && count_on(l, srv.tcp.port()) == Some("1")
+    })
+    .await;
+    assert_eq!(listed[0].ip, "127.0.0.1");
+
+    // The client that logged in during the outage is still served.
+    ws_send_json(&mut ws, serde_json::json!({"code": 2, "requestId": "hb"})).await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(
+        (reply["code"].as_i64(), reply["requestId"].as_str()),
+        (Some(2), Some("hb"))
+    );
+    drop(tcp);
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+    let listed = list(LATE_HTTP, "", "DEFAULT_GROUP", &service).await;
+    assert!(listed.is_empty(), "still registered: {listed:?}");
+    drop(nacos);
+}
