@@ -483,3 +483,24 @@ async fn a_node_started_before_nacos_serves_and_registers_once_nacos_is_up() {
     assert!(listed.is_empty(), "still registered: {listed:?}");
     drop(nacos);
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_long_on_an_unreachable_nacos() {
+    // Nothing listens here (checked), so every call to Nacos fails.
+    let (http, grpc) = (28848, 29848);
+    assert!(
+        !listening(http) && !listening(grpc),
+        "ports {http}/{grpc} must be free"
+    );
+    let service = unique("unreachable");
+    let srv = TestServer::with(config_with(nacos_section(&service, http))).await;
+    let _ws = ws_login(&srv, "lonely", "ios").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!srv.server.node().registry.health().is_up());
+
+    // Deregistration is bounded (5 s) and the grace period is 1 s: a hang shows as a timeout.
+    let shutdown = srv.server.shutdown_with(Duration::from_secs(1));
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("shutdown finishes although Nacos is unreachable");
+}
