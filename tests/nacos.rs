@@ -393,6 +393,11 @@ impl OwnNacos {
             .env("RNACOS_HTTP_CONSOLE_PORT", LATE_CONSOLE.to_string())
             .env("RNACOS_CONFIG_DB_DIR", dir.join("db"))
             .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{LATE_GRPC}"))
+            // As in scripts/services: let client metadata updates through, as Nacos does.
+            .env(
+                "RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE",
+                "false",
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -454,6 +459,14 @@ async fn a_node_started_before_nacos_serves_and_registers_once_nacos_is_up() {
     }
 
     let nacos = OwnNacos::start();
+    let up = Instant::now();
+    while !listening(LATE_HTTP) {
+        assert!(
+            up.elapsed() < SETTLE,
+            "this test's rnacos did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let listed = wait_listing(LATE_HTTP, "", &service, Duration::from_secs(60), |l| {
         l.len() == 2
     })

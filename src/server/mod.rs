@@ -17,7 +17,7 @@ pub use stack::{default_stack, verifier_from_config};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -197,7 +197,7 @@ impl ServerBuilder {
         }
         server.publish_instances().await;
         let follower = tokio::spawn(follow_ports(
-            server.listeners.clone(),
+            Arc::downgrade(&server.listeners),
             server.node.registry.clone(),
             server.ports_changed.clone(),
             stack::registry_refresh(&config),
@@ -392,9 +392,10 @@ fn instances(listeners: &Listeners) -> Vec<Instance> {
 }
 
 /// Keeps discovery in step with the listeners: publishes at once when a port is bound or
-/// closed, and every `period` when the connection counts changed.
+/// closed, and every `period` when the connection counts changed. Ends at shutdown, or when
+/// the server is dropped.
 async fn follow_ports(
-    listeners: Arc<Listeners>,
+    listeners: Weak<Listeners>,
     registry: Arc<dyn Registry>,
     ports_changed: Arc<Notify>,
     period: Duration,
@@ -409,7 +410,11 @@ async fn follow_ports(
             () = ports_changed.notified() => true,
             _ = tick.tick() => false,
         };
+        let Some(listeners) = listeners.upgrade() else {
+            return;
+        };
         let current = instances(&listeners);
+        drop(listeners);
         if !forced && last.as_ref() == Some(&current) {
             continue;
         }
