@@ -28,10 +28,10 @@ use tokio::net::TcpStream;
 const NACOS_HTTP: u16 = 8848;
 const NACOS_GRPC: u16 = 9848;
 
-/// Ports of the rnacos the start-before-Nacos test runs itself.
+/// HTTP ports of the rnacos servers single tests run themselves (gRPC is 1000 above, the
+/// console 2000 above).
 const LATE_HTTP: u16 = 18848;
-const LATE_GRPC: u16 = 19848;
-const LATE_CONSOLE: u16 = 20848;
+const AUTH_HTTP: u16 = 13848;
 
 const REFRESH_MS: u64 = 1_000;
 
@@ -96,11 +96,25 @@ struct Listed {
 /// Lists the instances of `service` in `group` and `namespace` (empty: public) through the
 /// Nacos HTTP API on `http_port`.
 async fn list(http_port: u16, namespace: &str, group: &str, service: &str) -> Vec<Listed> {
-    let path = format!(
+    list_as(http_port, namespace, group, service, None).await
+}
+
+/// [`list`] with an access token from [`login`].
+async fn list_as(
+    http_port: u16,
+    namespace: &str,
+    group: &str,
+    service: &str,
+    token: Option<&str>,
+) -> Vec<Listed> {
+    let mut path = format!(
         "/nacos/v1/ns/instance/list?serviceName={service}&groupName={group}\
          &namespaceId={namespace}&healthyOnly=false"
     );
-    let body = http_get(http_port, &path).await;
+    if let Some(token) = token {
+        path.push_str(&format!("&accessToken={token}"));
+    }
+    let body = http_request(http_port, "GET", &path).await;
     let value: Value = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("instance list is not JSON ({e}): {body}"));
     let hosts = value["hosts"].as_array().cloned().unwrap_or_default();
@@ -123,11 +137,30 @@ async fn list(http_port: u16, namespace: &str, group: &str, service: &str) -> Ve
     listed
 }
 
-async fn http_get(port: u16, path: &str) -> String {
+/// Logs in to the Nacos HTTP API and returns the access token, or the refusal.
+async fn try_login(http_port: u16, username: &str, password: &str) -> Result<String, String> {
+    let path = format!("/nacos/v1/auth/login?username={username}&password={password}");
+    let (status, body) = http_exchange(http_port, "POST", &path).await;
+    let value: Value = serde_json::from_str(&body).map_err(|_| format!("{status}: {body}"))?;
+    value["accessToken"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no accessToken in {body}"))
+}
+
+async fn http_request(port: u16, method: &str, path: &str) -> String {
+    let (status, body) = http_exchange(port, method, path).await;
+    assert_eq!(status, 200, "{method} {path}: {body}");
+    body
+}
+
+/// One HTTP/1.0 request; the status code and the body.
+async fn http_exchange(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("the Nacos HTTP port accepts");
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
@@ -138,11 +171,12 @@ async fn http_get(port: u16, path: &str) -> String {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("malformed HTTP response: {response}"));
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}\n{body}"
-    );
-    body.to_owned()
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("malformed status line: {head}"));
+    (status, body.to_owned())
 }
 
 /// Polls the listing until `done` holds, panicking with the last listing after `limit`.
@@ -381,29 +415,52 @@ struct OwnNacos {
 }
 
 impl OwnNacos {
-    fn start() -> OwnNacos {
+    /// Starts rnacos on `http` (gRPC on `http + 1000`, console on `http + 2000`) with the
+    /// extra settings in `env`.
+    fn start(http: u16, env: &[(&str, &str)]) -> OwnNacos {
+        let (grpc, console) = (http + 1000, http + 2000);
         let binary = rnacos_binary();
         let dir = std::env::temp_dir().join(unique("rnacos"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("rnacos.log")).unwrap();
         let child = Command::new(binary)
             .current_dir(&dir)
-            .env("RNACOS_HTTP_PORT", LATE_HTTP.to_string())
-            .env("RNACOS_GRPC_PORT", LATE_GRPC.to_string())
-            .env("RNACOS_HTTP_CONSOLE_PORT", LATE_CONSOLE.to_string())
+            .env("RNACOS_HTTP_PORT", http.to_string())
+            .env("RNACOS_GRPC_PORT", grpc.to_string())
+            .env("RNACOS_HTTP_CONSOLE_PORT", console.to_string())
             .env("RNACOS_CONFIG_DB_DIR", dir.join("db"))
-            .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{LATE_GRPC}"))
+            .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{grpc}"))
             // As in scripts/services: let client metadata updates through, as Nacos does.
             .env(
                 "RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE",
                 "false",
             )
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("rnacos starts");
         OwnNacos { child, dir }
     }
+
+    async fn wait_listening(&self, http: u16) {
+        let start = Instant::now();
+        while !(listening(http) && listening(http + 1000)) {
+            assert!(
+                start.elapsed() < SETTLE,
+                "this test's rnacos did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn require_free(http: u16) {
+    let ports = [http, http + 1000, http + 2000];
+    assert!(
+        ports.iter().all(|p| !listening(*p)),
+        "ports {ports:?} must be free for this test's rnacos"
+    );
 }
 
 impl Drop for OwnNacos {
@@ -433,12 +490,8 @@ fn rnacos_binary() -> PathBuf {
 
 #[tokio::test]
 async fn a_node_started_before_nacos_serves_and_registers_once_nacos_is_up() {
-    let binary = rnacos_binary();
-    assert!(binary.is_file());
-    assert!(
-        !listening(LATE_HTTP) && !listening(LATE_GRPC) && !listening(LATE_CONSOLE),
-        "ports {LATE_HTTP}, {LATE_GRPC} and {LATE_CONSOLE} must be free for this test's rnacos"
-    );
+    rnacos_binary();
+    require_free(LATE_HTTP);
     let service = unique("late");
     // Start-up does not contact Nacos at all; the bound only catches a start-up that waits
     // for the client's connection attempts (seconds each).
@@ -458,15 +511,8 @@ async fn a_node_started_before_nacos_serves_and_registers_once_nacos_is_up() {
         Health::Up => panic!("registry reports up with Nacos unreachable"),
     }
 
-    let nacos = OwnNacos::start();
-    let up = Instant::now();
-    while !listening(LATE_HTTP) {
-        assert!(
-            up.elapsed() < SETTLE,
-            "this test's rnacos did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let nacos = OwnNacos::start(LATE_HTTP, &[]);
+    nacos.wait_listening(LATE_HTTP).await;
     let listed = wait_listing(LATE_HTTP, "", &service, Duration::from_secs(60), |l| {
         l.len() == 2
     })
@@ -516,4 +562,87 @@ async fn shutdown_does_not_wait_long_on_an_unreachable_nacos() {
     tokio::time::timeout(Duration::from_secs(30), shutdown)
         .await
         .expect("shutdown finishes although Nacos is unreachable");
+}
+
+#[tokio::test]
+async fn credentials_are_honoured_by_a_nacos_that_requires_them() {
+    rnacos_binary();
+    require_free(AUTH_HTTP);
+    let (user, password) = ("im-tester", "s3cret-pass");
+    let env = [
+        ("RNACOS_ENABLE_OPEN_API_AUTH", "true"),
+        ("RNACOS_INIT_ADMIN_USERNAME", user),
+        ("RNACOS_INIT_ADMIN_PASSWORD", password),
+    ];
+    // rnacos creates its first user a moment after it starts listening, and rnacos 0.8
+    // sometimes loses the actor that stores users while it starts (a panic in its log,
+    // "Mailbox has closed" on login); a fresh start then works.
+    let mut attempt = 0;
+    let (nacos, token) = 'started: loop {
+        attempt += 1;
+        let nacos = OwnNacos::start(AUTH_HTTP, &env);
+        nacos.wait_listening(AUTH_HTTP).await;
+        let since = Instant::now();
+        let error = loop {
+            match try_login(AUTH_HTTP, user, password).await {
+                Ok(token) => break 'started (nacos, token),
+                Err(error) if error.contains("Mailbox") => break error,
+                Err(error) if since.elapsed() > SETTLE => break error,
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        };
+        assert!(attempt < 5, "cannot log in to this test's rnacos: {error}");
+        eprintln!("rnacos login failed ({error}), restarting it");
+        drop(nacos);
+    };
+
+    let anonymous = unique("anonymous");
+    let without = TestServer::with(config_with(nacos_section(&anonymous, AUTH_HTTP))).await;
+    let service = unique("auth");
+    let mut section = nacos_section(&service, AUTH_HTTP);
+    section.username = Some(user.into());
+    section.password = Some(im_connect::config::Secret::new(password));
+    let with = TestServer::with(config_with(section)).await;
+
+    let start = Instant::now();
+    let listed = loop {
+        let listed = list_as(AUTH_HTTP, "", "DEFAULT_GROUP", &service, Some(&token)).await;
+        if listed.len() == 2 {
+            break listed;
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "not registered with credentials: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        sorted(ports(&listed)),
+        sorted(vec![with.ws.port(), with.tcp.port()])
+    );
+    wait_health_up(&with.server).await;
+
+    // The node without credentials is refused, says so, and keeps serving.
+    let start = Instant::now();
+    loop {
+        match without.server.node().registry.health() {
+            Health::Down(reason) if reason.contains("failed") => break,
+            Health::Down(_) => {}
+            Health::Up => panic!("registry without credentials reports up"),
+        }
+        assert!(start.elapsed() < SETTLE, "no failed registration reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = list_as(AUTH_HTTP, "", "DEFAULT_GROUP", &anonymous, Some(&token)).await;
+    assert!(
+        refused.is_empty(),
+        "registered without credentials: {refused:?}"
+    );
+    ws_login(&without, "anonymous-user", "ios").await;
+
+    with.server.shutdown_with(Duration::from_secs(2)).await;
+    without.server.shutdown_with(Duration::from_secs(2)).await;
+    let listed = list_as(AUTH_HTTP, "", "DEFAULT_GROUP", &service, Some(&token)).await;
+    assert!(listed.is_empty(), "still registered: {listed:?}");
+    drop(nacos);
 }

@@ -36,8 +36,8 @@ pub(super) struct Wanted {
     pub(super) leaving: bool,
 }
 
-/// Everything the task needs from the configuration.
-#[derive(Debug)]
+/// Everything the task needs from the configuration. Not `Debug`: the client settings hold
+/// the Nacos password.
 pub(super) struct Settings {
     pub(super) props: ClientProps,
     pub(super) auth: bool,
@@ -51,7 +51,6 @@ pub(super) struct Settings {
 }
 
 /// The background registration task.
-#[derive(Debug)]
 pub(super) struct Worker {
     settings: Settings,
     wanted: watch::Receiver<Wanted>,
