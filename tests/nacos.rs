@@ -218,6 +218,29 @@ fn count_on(listed: &[Listed], port: u16) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Polls until the `connection` metadata of the two ports reads as given.
+async fn wait_counts(
+    service: &str,
+    (ws_port, ws): (u16, &str),
+    (tcp_port, tcp): (u16, &str),
+    limit: Duration,
+) -> Vec<Listed> {
+    let start = Instant::now();
+    loop {
+        let listed = list(NACOS_HTTP, "", "DEFAULT_GROUP", service).await;
+        if count_on(&listed, ws_port) == Some(ws) && count_on(&listed, tcp_port) == Some(tcp) {
+            return listed;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "connection counts not updated within {limit:?} (the rnacos must run with \
+             RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE=false, as scripts/services \
+             starts it): {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_health_up(server: &Server) {
     let start = Instant::now();
     loop {
@@ -298,18 +321,12 @@ async fn connection_counts_follow_clients_within_a_refresh_period() {
     // A refresh period of one second; the bound leaves room for a loaded machine yet stays
     // below the ten-second default, so only the configured period can satisfy it.
     let within = Duration::from_millis(REFRESH_MS * 8);
-    let listed = wait_listing(NACOS_HTTP, "", &service, within, |l| {
-        count_on(l, ws_port) == Some("1") && count_on(l, tcp_port) == Some("2")
-    })
-    .await;
+    let listed = wait_counts(&service, (ws_port, "1"), (tcp_port, "2"), within).await;
     let tcp = listed.iter().find(|l| l.port == tcp_port).unwrap();
     assert_eq!(tcp.metadata["connection_count"], "2");
 
     drop((ws, tcp_a, tcp_b));
-    wait_listing(NACOS_HTTP, "", &service, within, |l| {
-        count_on(l, ws_port) == Some("0") && count_on(l, tcp_port) == Some("0")
-    })
-    .await;
+    wait_counts(&service, (ws_port, "0"), (tcp_port, "0"), within).await;
 
     srv.server.shutdown_with(Duration::from_secs(2)).await;
 }
