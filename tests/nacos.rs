@@ -32,6 +32,7 @@ const NACOS_GRPC: u16 = 9848;
 /// console 2000 above).
 const LATE_HTTP: u16 = 18848;
 const AUTH_HTTP: u16 = 13848;
+const RESTART_HTTP: u16 = 23848;
 
 const REFRESH_MS: u64 = 1_000;
 
@@ -662,4 +663,42 @@ async fn credentials_are_honoured_by_a_nacos_that_requires_them() {
     let listed = list_as(AUTH_HTTP, "", "DEFAULT_GROUP", &service, Some(&token)).await;
     assert!(listed.is_empty(), "still registered: {listed:?}");
     drop(nacos);
+}
+
+#[tokio::test]
+async fn registration_comes_back_after_nacos_restarts_empty() {
+    rnacos_binary();
+    require_free(RESTART_HTTP);
+    let service = unique("restart");
+    let first = OwnNacos::start(RESTART_HTTP, &[]);
+    first.wait_listening(RESTART_HTTP).await;
+    let srv = TestServer::with(config_with(nacos_section(&service, RESTART_HTTP))).await;
+    wait_listing(RESTART_HTTP, "", &service, SETTLE, |l| l.len() == 2).await;
+    wait_health_up(&srv.server).await;
+
+    // Nacos goes away while nothing changes on the node: health follows.
+    drop(first);
+    let start = Instant::now();
+    while srv.server.node().registry.health().is_up() {
+        assert!(
+            start.elapsed() < SETTLE,
+            "registry still up with Nacos gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A fresh server (no data) on the same ports: the node registers again.
+    let second = OwnNacos::start(RESTART_HTTP, &[]);
+    second.wait_listening(RESTART_HTTP).await;
+    let expected = sorted(vec![srv.ws.port(), srv.tcp.port()]);
+    wait_listing(RESTART_HTTP, "", &service, Duration::from_secs(60), |l| {
+        ports(l) == expected
+    })
+    .await;
+    wait_health_up(&srv.server).await;
+
+    srv.server.shutdown_with(Duration::from_secs(2)).await;
+    let listed = list(RESTART_HTTP, "", "DEFAULT_GROUP", &service).await;
+    assert!(listed.is_empty(), "still registered: {listed:?}");
+    drop(second);
 }

@@ -62,6 +62,7 @@ impl NacosRegistry {
             service: config.name.clone(),
             group: config.group.clone(),
             ip: config.ip.clone(),
+            probe: Duration::from_millis(config.refresh_interval_ms),
             node: NodeMetadata {
                 broker_id: broker_id.to_owned(),
                 version: config.version.clone(),

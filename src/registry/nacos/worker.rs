@@ -48,6 +48,8 @@ pub(super) struct Settings {
     /// Configured address to advertise; `None` detects it.
     pub(super) ip: Option<String>,
     pub(super) node: NodeMetadata,
+    /// How often Nacos is probed while nothing changes.
+    pub(super) probe: Duration,
 }
 
 /// The background registration task.
@@ -62,6 +64,8 @@ pub(super) struct Worker {
     registered: BTreeMap<u16, Instance>,
     /// Whether the current failure was already logged as a warning.
     outage: bool,
+    /// Nacos was lost since the last registration: register everything again.
+    stale: bool,
 }
 
 /// Why the task stops waiting.
@@ -87,6 +91,7 @@ impl Worker {
             health,
             registered: BTreeMap::new(),
             outage: false,
+            stale: false,
         }
     }
 
@@ -120,7 +125,16 @@ impl Worker {
                 Ok(()) => {
                     retry = RETRY_MIN;
                     self.set_health(Health::Up);
-                    self.changed().await
+                    match self.idle(&naming).await {
+                        Ok(wake) => wake,
+                        Err(error) => {
+                            // Nacos may come back without the instances (a restarted
+                            // server): register them again once it answers.
+                            self.stale = true;
+                            self.set_health(Health::Down(error));
+                            Wake::Go
+                        }
+                    }
                 }
                 Err(error) => {
                     self.set_health(Health::Down(error));
@@ -193,7 +207,8 @@ impl Worker {
             tracing::info!(port = gone.port, service = %settings.service, "deregistered from nacos");
         }
 
-        if target.is_empty() || target == self.registered {
+        if target.is_empty() || (target == self.registered && !self.stale) {
+            self.stale = false;
             return Ok(());
         }
         let instances = target
@@ -216,6 +231,7 @@ impl Worker {
             tracing::debug!(service = %settings.service, "nacos metadata updated");
         }
         self.registered = target;
+        self.stale = false;
         Ok(())
     }
 
@@ -267,6 +283,21 @@ impl Worker {
             Health::Up => {}
         }
         *self.health.lock() = health;
+    }
+
+    /// Waits for the wanted set to change, probing Nacos every [`Settings::probe`] meanwhile
+    /// so that health follows an outage that starts while nothing changes. The error is the
+    /// failed probe.
+    async fn idle(&mut self, naming: &NamingService) -> Result<Wake, String> {
+        let probe = self.settings.probe;
+        loop {
+            tokio::select! {
+                wake = self.changed() => return Ok(wake),
+                () = tokio::time::sleep(probe) => {}
+            }
+            let call = naming.get_service_list(1, 1, Some(self.settings.group.clone()));
+            bounded("health check", call).await?;
+        }
     }
 
     async fn changed(&mut self) -> Wake {
