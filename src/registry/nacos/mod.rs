@@ -8,8 +8,10 @@
 //! A background task owns the Nacos client. [`Registry::publish`] only hands it the wanted set
 //! of instances and returns, so a node starts and serves while Nacos is down; the task keeps
 //! retrying with backoff, and [`Registry::health`] says `Down` until the wanted set is
-//! registered. [`Registry::deregister`] waits (a few seconds at most) for the task to remove
-//! the instances.
+//! registered. While registered it probes Nacos every refresh interval, so health follows an
+//! outage, and registers the instances again when Nacos returns without them.
+//! [`Registry::deregister`] waits (a few seconds at most) for the task to remove the
+//! instances.
 
 mod instance;
 mod worker;

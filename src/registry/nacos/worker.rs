@@ -124,17 +124,7 @@ impl Worker {
             let wake = match result {
                 Ok(()) => {
                     retry = RETRY_MIN;
-                    self.set_health(Health::Up);
-                    match self.idle(&naming).await {
-                        Ok(wake) => wake,
-                        Err(error) => {
-                            // Nacos may come back without the instances (a restarted
-                            // server): register them again once it answers.
-                            self.stale = true;
-                            self.set_health(Health::Down(error));
-                            Wake::Go
-                        }
-                    }
+                    self.hold(&naming).await
                 }
                 Err(error) => {
                     self.set_health(Health::Down(error));
@@ -283,6 +273,21 @@ impl Worker {
             Health::Up => {}
         }
         *self.health.lock() = health;
+    }
+
+    /// Reports the registration up and waits for the next change. A failed probe meanwhile
+    /// reports it down and marks the instances for registering again, since Nacos may come
+    /// back without them (a restarted server).
+    async fn hold(&mut self, naming: &NamingService) -> Wake {
+        self.set_health(Health::Up);
+        match self.idle(naming).await {
+            Ok(wake) => wake,
+            Err(error) => {
+                self.stale = true;
+                self.set_health(Health::Down(error));
+                Wake::Go
+            }
+        }
     }
 
     /// Waits for the wanted set to change, probing Nacos every [`Settings::probe`] meanwhile
