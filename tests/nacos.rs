@@ -1,10 +1,12 @@
 //! Registration against a real Nacos-compatible server (rnacos): instances and their metadata,
 //! live connection counts, ports bound and closed at run time, deregistration on shutdown,
-//! namespaces, and a node that starts before Nacos does.
+//! namespaces and credentials, a node that starts before Nacos does, and a Nacos that restarts.
 //!
 //! Instances are read back through the Nacos HTTP API (`/nacos/v1/ns/instance/list`), not
 //! through the client under test. Each test uses its own service name, so the tests share the
-//! rnacos on 8848 with each other and with other suites.
+//! rnacos on 8848 (started by `scripts/services`) with each other and with other suites; the
+//! tests that need Nacos down, restarted or requiring credentials run an rnacos of their own
+//! on fixed ports of their own.
 
 mod common;
 
