@@ -9,6 +9,10 @@ use im_connect::config::{Config, Loaded};
 use im_connect::server::Server;
 use tracing_subscriber::EnvFilter;
 
+/// nacos-sdk logs the Nacos password at debug level when it logs in; that target never goes
+/// below info, whatever `RUST_LOG` asks for.
+const NACOS_LOGIN_LOG: &str = "nacos_sdk::api::plugin::auth::auth_by_http=info";
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -70,10 +74,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(loaded: Loaded) -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter.add_directive(NACOS_LOGIN_LOG.parse().expect("valid directive")))
         .init();
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");

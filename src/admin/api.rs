@@ -251,8 +251,8 @@ async fn bind_port(server: &Server, port: &str, request: Request<Incoming>) -> R
         .unwrap_or_else(|| server.node().config.netty.config.host.clone());
 
     match server.bind(transport, &host, port).await {
+        // Binding and closing wake the server's discovery follower, which re-publishes.
         Ok(addr) => {
-            server.publish_instances().await;
             let body = json!({
                 "transport": transport.as_str(),
                 "addr": addr.to_string(),
@@ -291,8 +291,6 @@ fn close_port(server: &Server, port: &str) -> Response<Body> {
             format!("nothing is bound on port {port}"),
         );
     }
-    let server = server.clone();
-    tokio::spawn(async move { server.publish_instances().await });
     json_response(
         StatusCode::OK,
         &json!({"port": port, "closed": true, "draining": draining}),

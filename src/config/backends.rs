@@ -202,7 +202,8 @@ pub struct NacosConfig {
     pub region: String,
     /// `priority` instance metadata.
     pub priority: i32,
-    /// Milliseconds between checks whether the instances' metadata changed.
+    /// Milliseconds between checks whether the instances' metadata changed (and between
+    /// probes of Nacos while registered).
     pub refresh_interval_ms: u64,
     /// Address advertised for the instances; `None` detects this host's address.
     #[serde(deserialize_with = "de::opt_string")]

@@ -1,7 +1,11 @@
 //! Service discovery: announcing this node's listeners so front proxies and backends find it.
 //!
-//! [`Registry`] is the seam; [`NoRegistry`] announces nothing (standalone server), the Nacos
-//! implementation registers one instance per listening port.
+//! [`Registry`] is the seam; [`NoRegistry`] announces nothing (standalone server),
+//! [`NacosRegistry`] registers one instance per listening port with Nacos.
+
+mod nacos;
+
+pub use nacos::NacosRegistry;
 
 use std::fmt;
 

@@ -18,10 +18,12 @@ pub use stack::{default_stack, verifier_from_config};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +33,7 @@ use crate::broker::{broker_id_from, Broker, Delivery};
 use crate::config::Config;
 use crate::layer::{AuthLayer, TokenVerifier};
 use crate::protocol::{CodeTable, DeviceParser, Wire};
-use crate::registry::{Instance, NoRegistry, Registry};
+use crate::registry::{Instance, Registry};
 use crate::route::RouteStore;
 use crate::session::{SessionRegistry, Transport};
 use crate::transport::{self, PortGauge, StackFactory, TransportSettings};
@@ -192,7 +194,9 @@ impl ServerBuilder {
             Some(routes) => routes,
             None => stack::routes_from_config(&config, &sessions, &broker_id).await?,
         };
-        let registry = self.registry.unwrap_or_else(|| Arc::new(NoRegistry));
+        let registry = self
+            .registry
+            .unwrap_or_else(|| stack::registry_from_config(&config, &broker_id));
         let verifier = match self.verifier {
             Some(v) => v,
             None => verifier_from_config(&config, &routes)?,
@@ -218,10 +222,12 @@ impl ServerBuilder {
                 settings,
                 stack,
                 auth: AuthLayer::from_arc(Arc::new(verifier)),
-                listeners: Mutex::default(),
+                listeners: Arc::default(),
                 admin: Mutex::default(),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                ports_changed: Arc::new(Notify::new()),
+                follower: Mutex::default(),
             }),
         };
         let admin = crate::admin::bind(&config.admin).await?;
@@ -242,6 +248,14 @@ impl ServerBuilder {
             *server.inner.admin.lock() = Some(addr);
         }
         server.publish_instances().await;
+        let follower = tokio::spawn(follow_ports(
+            Arc::downgrade(&server.inner.listeners),
+            server.inner.node.registry.clone(),
+            server.inner.ports_changed.clone(),
+            stack::registry_refresh(&config),
+            server.inner.shutdown.clone(),
+        ));
+        *server.inner.follower.lock() = Some(follower);
         Ok(server)
     }
 }
@@ -259,11 +273,16 @@ struct Inner {
     settings: Arc<TransportSettings>,
     stack: StackFactory,
     auth: AuthLayer<Arc<dyn TokenVerifier>>,
-    listeners: Mutex<BTreeMap<SocketAddr, Listener>>,
+    listeners: Arc<Listeners>,
     admin: Mutex<Option<SocketAddr>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Wakes the task that keeps discovery in step with the bound ports.
+    ports_changed: Arc<Notify>,
+    follower: Mutex<Option<JoinHandle<()>>>,
 }
+
+type Listeners = Mutex<BTreeMap<SocketAddr, Listener>>;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -342,6 +361,7 @@ impl Server {
             stop,
         };
         self.inner.listeners.lock().insert(addr, listener);
+        self.inner.ports_changed.notify_one();
         Ok(addr)
     }
 
@@ -359,6 +379,9 @@ impl Server {
                 listener.stop.cancel();
                 tracing::info!(%addr, "port closed");
             }
+        }
+        if !addrs.is_empty() {
+            self.inner.ports_changed.notify_one();
         }
         !addrs.is_empty()
     }
@@ -414,16 +437,8 @@ impl Server {
             .map(|p| p.addr)
     }
 
-    pub(crate) async fn publish_instances(&self) {
-        let instances = self
-            .ports()
-            .into_iter()
-            .map(|p| Instance {
-                transport: p.transport,
-                port: p.addr.port(),
-                connections: p.connections,
-            })
-            .collect();
+    async fn publish_instances(&self) {
+        let instances = instances(&self.inner.listeners);
         if let Err(error) = self.inner.node.registry.publish(instances).await {
             tracing::warn!(%error, "registration failed");
         }
@@ -433,6 +448,12 @@ impl Server {
     /// connection, and wait (at most `grace`) for them to finish.
     pub async fn shutdown_with(&self, grace: Duration) {
         tracing::info!("shutting down");
+        // Nothing may publish once deregistration has begun.
+        let follower = self.inner.follower.lock().take();
+        if let Some(follower) = follower {
+            follower.abort();
+            let _ = follower.await;
+        }
         if let Err(error) = self.inner.node.registry.deregister().await {
             tracing::warn!(%error, "deregistration failed");
         }
@@ -451,5 +472,52 @@ impl Server {
     /// [`Server::shutdown_with`] a 10 second grace period.
     pub async fn shutdown(&self) {
         self.shutdown_with(Duration::from_secs(10)).await;
+    }
+}
+
+/// The bound ports as discovery announces them.
+fn instances(listeners: &Listeners) -> Vec<Instance> {
+    listeners
+        .lock()
+        .values()
+        .map(|l| Instance {
+            transport: l.transport,
+            port: l.addr.port(),
+            connections: l.gauge.get(),
+        })
+        .collect()
+}
+
+/// Keeps discovery in step with the listeners: publishes at once when a port is bound or
+/// closed, and every `period` when the connection counts changed. Ends at shutdown, or when
+/// the server is dropped.
+async fn follow_ports(
+    listeners: Weak<Listeners>,
+    registry: Arc<dyn Registry>,
+    ports_changed: Arc<Notify>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = ports_changed.notified() => true,
+            _ = tick.tick() => false,
+        };
+        let Some(listeners) = listeners.upgrade() else {
+            return;
+        };
+        let current = instances(&listeners);
+        drop(listeners);
+        if !forced && last.as_ref() == Some(&current) {
+            continue;
+        }
+        if let Err(error) = registry.publish(current.clone()).await {
+            tracing::warn!(%error, "registration update failed");
+        }
+        last = Some(current);
     }
 }

@@ -19,6 +19,7 @@ use crate::layer::{
     RateLimitLayer, TokenVerifier,
 };
 use crate::protocol::{DeviceParser, Wire};
+use crate::registry::{NacosRegistry, NoRegistry, Registry};
 use crate::route::{MemoryRouteStore, RedisRouteStore, RouteStore};
 use crate::session::SessionRegistry;
 use crate::transport::{StackFactory, TransportSettings};
@@ -155,6 +156,30 @@ pub(super) async fn routes_from_config(
     drop(store.spawn_refresher(sessions.clone(), broker_id.clone(), store.refresh_period()));
     Ok(Arc::new(store))
 }
+
+/// The registry the configuration names: Nacos when a `nacos` section is on, else none. A
+/// Nacos that is down at start-up is not an error: registration keeps retrying in the
+/// background and the registry reports itself down meanwhile.
+pub(super) fn registry_from_config(config: &Config, broker_id: &str) -> Arc<dyn Registry> {
+    match &config.nacos {
+        Some(nacos) => {
+            let ws_path = &config.netty.config.websocket.path;
+            Arc::new(NacosRegistry::start(nacos, broker_id, ws_path))
+        }
+        None => Arc::new(NoRegistry),
+    }
+}
+
+/// How often connection counts are compared with what discovery was last told.
+pub(super) fn registry_refresh(config: &Config) -> Duration {
+    let millis = config
+        .nacos
+        .as_ref()
+        .map_or(DEFAULT_REGISTRY_REFRESH_MS, |n| n.refresh_interval_ms);
+    Duration::from_millis(millis)
+}
+
+const DEFAULT_REGISTRY_REFRESH_MS: u64 = 10_000;
 
 /// Transport limits from `netty.config`.
 pub(super) fn transport_settings(
