@@ -71,6 +71,7 @@ async fn relay_delivers_and_acks_every_message() {
             progress: None,
             data: r#"{"text":"smoke"}"#.into(),
             drain: Duration::from_secs(10),
+            pid: None,
         };
         let mut target = target(&srv, transport, codec);
         target.user_prefix = format!("relay-{transport:?}-");
@@ -97,6 +98,7 @@ async fn relay_with_a_window_delivers_every_message() {
         progress: None,
         data: r#"{"text":"smoke"}"#.into(),
         drain: Duration::from_secs(10),
+        pid: None,
     };
     let target = target(&srv, Transport::Ws, Codec::Json);
     let report = bench::relay::run(config(&srv), target, &opts)
@@ -120,6 +122,7 @@ async fn fanout_reaches_every_member_with_every_message() {
         progress: None,
         data: r#"{"text":"smoke"}"#.into(),
         drain: Duration::from_secs(10),
+        pid: None,
     };
     let target = target(&srv, Transport::Ws, Codec::Proto);
     let report = bench::fanout::run(config(&srv), target, &opts)

@@ -65,6 +65,9 @@ struct Cli {
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 1.0, global = true)]
     progress: f64,
+    /// The server's process id (`pgrep -x im-connect`), for its memory and CPU use.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
     /// Print the summary as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -101,9 +104,6 @@ enum Scenario {
         /// Seconds to wait after the logins before reading the server's memory.
         #[arg(long, default_value_t = 2)]
         settle: u64,
-        /// The server's process id, for its memory (`pgrep -x im-connect`).
-        #[arg(long)]
-        pid: Option<u32>,
     },
     /// Pairs of users exchange SINGLE_MESSAGEs; throughput and latency.
     Relay {
@@ -178,7 +178,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hold,
             heartbeat,
             settle,
-            pid,
         } => {
             check_bounds(connections, hold)?;
             let opts = IdleOptions {
@@ -187,7 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 hold: secs(hold),
                 heartbeat: secs(heartbeat.max(1)),
                 settle: secs(settle),
-                pid,
+                pid: cli.pid,
                 progress,
             };
             let budget = secs(hold + settle + 120);
@@ -212,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress,
                 data: PAYLOAD.into(),
                 drain: secs(10),
+                pid: cli.pid,
             };
             let budget = secs(duration + warmup + 120);
             let report = bounded(budget, bench::relay::run(&config, target, &opts)).await?;
@@ -235,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress,
                 data: PAYLOAD.into(),
                 drain: secs(10),
+                pid: cli.pid,
             };
             let budget = secs(duration + warmup + 120);
             let report = bounded(budget, bench::fanout::run(&config, target, &opts)).await?;
@@ -302,7 +303,8 @@ fn idle_text(r: &bench::idle::IdleReport) -> String {
     let mut out = format!(
         "idle: {} of {} logged in ({} failed) in {:.2} s: {:.0} connect+logins/s\n  \
          login latency {}\n  server RSS before {}, loaded {}, end {}\n  \
-         per connection: {} loaded, {} at the end\n  heartbeats {} sent, {} answered, {} closed",
+         per connection: {} loaded, {} at the end\n  \
+         cores used while logging in: server {}, generator {}\n  heartbeats {} sent, {} answered, {} closed",
         r.logged_in,
         r.connections,
         r.failed,
@@ -314,6 +316,8 @@ fn idle_text(r: &bench::idle::IdleReport) -> String {
         kib(r.rss_end_kib),
         per(r.rss_per_connection_bytes),
         per(r.rss_per_connection_end_bytes),
+        r.login_server_cores.map_or("-".into(), |v| format!("{v:.2}")),
+        r.login_generator_cores.map_or("-".into(), |v| format!("{v:.2}")),
         r.heartbeats,
         r.heartbeat_replies,
         r.closed,

@@ -35,6 +35,8 @@ pub(crate) struct FanoutOptions {
     pub(crate) data: String,
     /// How long to wait for stragglers after sending stops.
     pub(crate) drain: Duration,
+    /// The server process, whose CPU use is reported; `None` skips it.
+    pub(crate) pid: Option<u32>,
 }
 
 /// What a fan-out run measured.
@@ -68,6 +70,10 @@ pub(crate) struct FanoutReport {
     pub(crate) incomplete: u64,
     /// Bytes of the sender's frame on the wire.
     pub(crate) frame_bytes: usize,
+    /// Cores the server used while sending (needs its pid).
+    pub(crate) server_cores: Option<f64>,
+    /// Cores the generator used while sending.
+    pub(crate) generator_cores: Option<f64>,
 }
 
 /// Logs in a sender and `group` receivers and sends the group messages.
@@ -134,7 +140,9 @@ pub(crate) async fn run(
         warmup: opts.warmup,
         heartbeat: (heartbeat, Duration::from_secs(10)),
     };
+    let cpu = stats::CpuMark::now(opts.pid);
     let paced = traffic::pace(&mut outlets, &pace, &shared).await?;
+    let (server_cores, generator_cores) = cpu.until(&stats::CpuMark::now(opts.pid));
     let expected = paced.sent * opts.group as u64;
     shared.drain(expected, paced.sent, opts.drain).await;
     if let Some(progress) = progress {
@@ -167,6 +175,8 @@ pub(crate) async fn run(
         last_receiver: last.summary(),
         incomplete,
         frame_bytes,
+        server_cores,
+        generator_cores,
     })
 }
 
@@ -197,6 +207,13 @@ impl std::fmt::Display for FanoutReport {
         )?;
         writeln!(f, "  latency, every delivery:  {}", self.latency)?;
         writeln!(f, "  latency, last receiver:   {}", self.last_receiver)?;
-        write!(f, "  sender frame {} bytes", self.frame_bytes)
+        write!(f, "  sender frame {} bytes", self.frame_bytes)?;
+        let cores = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        write!(
+            f,
+            "\n  cores used while sending: server {}, generator {}",
+            cores(self.server_cores),
+            cores(self.generator_cores)
+        )
     }
 }

@@ -58,6 +58,10 @@ pub(crate) struct IdleReport {
     pub(crate) rss_per_connection_bytes: Option<f64>,
     /// `(rss_end - rss_before) / logged_in`, bytes.
     pub(crate) rss_per_connection_end_bytes: Option<f64>,
+    /// Cores the server used during the login phase (needs its pid).
+    pub(crate) login_server_cores: Option<f64>,
+    /// Cores the generator used during the login phase.
+    pub(crate) login_generator_cores: Option<f64>,
     /// Heartbeats sent during the hold.
     pub(crate) heartbeats: u64,
     /// Heartbeat replies received.
@@ -79,7 +83,9 @@ pub(crate) async fn run(
         .map(|i| target.login_bytes(i, &tokens[i]))
         .collect();
     drop(tokens);
+    let cpu = stats::CpuMark::now(opts.pid);
     let login = client::login_all(&target, &logins, opts.concurrency, opts.progress).await;
+    let (login_server_cores, login_generator_cores) = cpu.until(&stats::CpuMark::now(opts.pid));
     drop(logins);
     let mut clients: Vec<Held> = login
         .clients
@@ -125,6 +131,8 @@ pub(crate) async fn run(
         rss_end_kib: rss_end,
         rss_per_connection_bytes: per_conn(rss_loaded),
         rss_per_connection_end_bytes: per_conn(rss_end),
+        login_server_cores,
+        login_generator_cores,
         heartbeats,
         heartbeat_replies: replies,
         closed,

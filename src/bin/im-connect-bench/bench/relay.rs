@@ -32,6 +32,8 @@ pub(crate) struct RelayOptions {
     pub(crate) data: String,
     /// How long to wait for stragglers after sending stops.
     pub(crate) drain: Duration,
+    /// The server process, whose CPU use is reported; `None` skips it.
+    pub(crate) pid: Option<u32>,
 }
 
 /// What a relay run measured.
@@ -59,6 +61,10 @@ pub(crate) struct RelayReport {
     pub(crate) latency: LatencySummary,
     /// Bytes of one message frame on the wire.
     pub(crate) frame_bytes: usize,
+    /// Cores the server used while sending (needs its pid).
+    pub(crate) server_cores: Option<f64>,
+    /// Cores the generator used while sending.
+    pub(crate) generator_cores: Option<f64>,
 }
 
 /// Logs in `2 * pairs` clients and relays messages between each pair.
@@ -114,7 +120,9 @@ pub(crate) async fn run(
         warmup: opts.warmup,
         heartbeat: (heartbeat, Duration::from_secs(10)),
     };
+    let cpu = stats::CpuMark::now(opts.pid);
     let paced = traffic::pace(&mut outlets, &pace, &shared).await?;
+    let (server_cores, generator_cores) = cpu.until(&stats::CpuMark::now(opts.pid));
     shared.drain(paced.sent, paced.sent, opts.drain).await;
     if let Some(progress) = progress {
         progress.abort();
@@ -136,6 +144,8 @@ pub(crate) async fn run(
         delivered_per_sec: (paced.end.1 - paced.warm.1) as f64 / measured.max(1e-9),
         latency: shared.latency.summary(),
         frame_bytes,
+        server_cores,
+        generator_cores,
     })
 }
 
@@ -164,6 +174,13 @@ impl std::fmt::Display for RelayReport {
             }
         )?;
         writeln!(f, "  latency {}", self.latency)?;
-        write!(f, "  frame {} bytes", self.frame_bytes)
+        write!(f, "  frame {} bytes", self.frame_bytes)?;
+        let cores = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        write!(
+            f,
+            "\n  cores used while sending: server {}, generator {}",
+            cores(self.server_cores),
+            cores(self.generator_cores)
+        )
     }
 }

@@ -177,3 +177,43 @@ pub(crate) fn progress(
         }
     }))
 }
+
+/// CPU time (user + system) process `pid` has used, in seconds; `None` for `pid` `None`.
+pub(crate) fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name; the
+    // kernel counts them in USER_HZ, which is 100 on Linux.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Share of one core processes used between two [`CpuMark`]s.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMark {
+    at: Instant,
+    server: Option<f64>,
+    generator: Option<f64>,
+}
+
+impl CpuMark {
+    /// CPU times of the server (`pid`) and of this process now.
+    pub(crate) fn now(pid: Option<u32>) -> Self {
+        CpuMark {
+            at: Instant::now(),
+            server: cpu_secs(pid),
+            generator: cpu_secs(Some(std::process::id())),
+        }
+    }
+
+    /// Cores used by (server, generator) from `self` until `later`.
+    pub(crate) fn until(&self, later: &CpuMark) -> (Option<f64>, Option<f64>) {
+        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let share = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / wall);
+        (
+            share(self.server, later.server),
+            share(self.generator, later.generator),
+        )
+    }
+}
