@@ -172,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let target = target(&cli, &config)?;
     let progress = (cli.progress > 0.0).then(|| Duration::from_secs_f64(cli.progress));
     let secs = Duration::from_secs;
-    let (summary, json, budget) = match cli.scenario {
+    let (summary, json) = match cli.scenario {
         Scenario::Idle {
             connections,
             hold,
@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let budget = secs(hold + settle + 120);
             let report = bounded(budget, bench::idle::run(&config, target, &opts)).await?;
-            (idle_text(&report), serde_json::to_value(&report)?, budget)
+            (idle_text(&report), serde_json::to_value(&report)?)
         }
         Scenario::Relay {
             pairs,
@@ -215,7 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let budget = secs(duration + warmup + 120);
             let report = bounded(budget, bench::relay::run(&config, target, &opts)).await?;
-            (report.to_string(), serde_json::to_value(&report)?, budget)
+            (report.to_string(), serde_json::to_value(&report)?)
         }
         Scenario::Fanout {
             group,
@@ -239,10 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let budget = secs(duration + warmup + 120);
             let report = bounded(budget, bench::fanout::run(&config, target, &opts)).await?;
-            (report.to_string(), serde_json::to_value(&report)?, budget)
+            (report.to_string(), serde_json::to_value(&report)?)
         }
     };
-    let _ = budget;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {

@@ -109,8 +109,7 @@ pub(crate) async fn run(
         }
         _ => None,
     };
-    if let (Some(every), Some(loaded)) = (opts.progress, rss_loaded) {
-        let _ = every;
+    if let (true, Some(loaded)) = (opts.progress.is_some(), rss_loaded) {
         eprintln!("idle: {logged_in} logged in, server RSS {loaded} KiB");
     }
 
@@ -172,8 +171,7 @@ async fn hold(
             tokio::time::sleep(Duration::from_millis(100).min(opts.heartbeat)).await;
             replies += drain(target, clients, &mut scratch);
         }
-        if let Some(every) = opts.progress {
-            let _ = every;
+        if opts.progress.is_some() {
             eprintln!("idle: holding, {sent} heartbeats sent, {replies} replies");
         }
     }

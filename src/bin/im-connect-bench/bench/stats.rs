@@ -148,7 +148,7 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS line in {path}"))
 }
 
-/// Prints a progress line to stderr every `every` until the returned guard is dropped.
+/// Prints a progress line to stderr every `every` until the returned task is aborted.
 pub(crate) fn progress(
     every: Option<Duration>,
     label: &'static str,
