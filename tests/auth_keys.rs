@@ -23,11 +23,7 @@ fn key_config(alg: &str) -> Config {
         "auth:\n  jwt:\n    publicKey: tests/keys/{alg}-public.pem\n    \
          privateKey: tests/keys/{alg}-private.pem\n"
     );
-    let mut config = Config::from_yaml(&yaml).expect("key files load").config;
-    config.netty.config.websocket.port.clear();
-    config.netty.config.tcp.port.clear();
-    config.netty.config.host = "127.0.0.1".into();
-    config
+    common::isolated(Config::from_yaml(&yaml).expect("key files load").config)
 }
 
 fn pem(name: &str) -> Vec<u8> {

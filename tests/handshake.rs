@@ -193,11 +193,8 @@ async fn tcp_detects_json_and_reads_the_token_from_data() {
 
 fn lucky_config() -> Config {
     let text = std::fs::read_to_string("config/application-lucky.yml").unwrap();
-    let mut lucky = Config::from_yaml(&text).unwrap().config;
-    let base = config();
-    lucky.auth.jwt.secret = base.auth.jwt.secret;
-    lucky.netty.config.websocket.port.clear();
-    lucky.netty.config.tcp.port.clear();
+    let mut lucky = common::isolated(Config::from_yaml(&text).unwrap().config);
+    lucky.auth.jwt.secret = config().auth.jwt.secret;
     lucky
 }
 

@@ -26,9 +26,15 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A configuration with no listeners (tests bind port 0), the admin endpoint on a free port
 /// and the test secret.
 pub fn config() -> Config {
-    let mut config = Config::default();
-    config.admin.port = 0;
+    let mut config = isolated(Config::default());
     config.auth.jwt.secret = Some(Secret::new(SECRET));
+    config
+}
+
+/// `config` with nothing on a fixed port, so tests run beside each other and beside a
+/// server started by hand: no listeners (tests bind port 0), admin on a free port, loopback.
+pub fn isolated(mut config: Config) -> Config {
+    config.admin.port = 0;
     config.netty.config.websocket.port.clear();
     config.netty.config.tcp.port.clear();
     config.netty.config.host = "127.0.0.1".into();
