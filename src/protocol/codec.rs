@@ -39,6 +39,9 @@ impl FrameError {
     pub fn to_envelope(&self) -> Envelope {
         let mut env = Envelope::error(self.reason, self.message.clone());
         env.request_id = self.request_id.clone();
+        // Every reply carries a request id, generated when the frame had none (or could not
+        // be read far enough to find it).
+        env.ensure_request_id();
         env
     }
 }
