@@ -20,19 +20,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use clap::Parser;
 use futures_util::future::{Either, Ready};
 use im_connect::config::Config;
-use im_connect::dispatch::Dispatch;
-use im_connect::layer::{
-    AuthLayer, DeviceBindingLayer, DeviceBindings, HeartbeatLayer, HeartbeatSettings,
-    RateLimitLayer, TokenVerifier,
-};
-use im_connect::protocol::{DeviceParser, Kind};
+use im_connect::layer::TokenVerifier;
+use im_connect::protocol::Kind;
 use im_connect::request::{Reply, Request};
-use im_connect::server::{Node, Server};
+use im_connect::server::{Node, Server, StandardLayers};
 use im_connect::transport::StackFactory;
 use tower::util::BoxService;
 use tower::{Layer, Service, ServiceBuilder};
@@ -140,56 +135,24 @@ where
     }
 }
 
-/// The packaged stack with `filter` in front of dispatch, built from the node's parts and
-/// configuration the same way the server builds its default stack.
+/// The packaged stack with `filter` in front of dispatch: the standard layers, configured
+/// from the node exactly as the server's default stack is, with one of our own among them.
 pub fn filtered_stack(
     node: &Arc<Node>,
     verifier: Arc<dyn TokenVerifier>,
     filter: ContentFilterLayer,
 ) -> StackFactory {
-    let config = &node.config;
-    let netty = &config.netty.config;
-    let auth = AuthLayer::from_arc(Arc::new(verifier));
-    let rate = &netty.rate_limit;
-    let rate = rate.enable.then(|| {
-        RateLimitLayer::new(rate.per_second, rate.burst).max_violations(rate.max_violations)
-    });
-    let heartbeat = HeartbeatLayer::new(HeartbeatSettings {
-        refresh_before: Duration::from_secs(config.auth.token_expired * 60),
-        enforce_expiry: config.auth.enforce_expiry,
-        leeway: Duration::from_secs(config.auth.jwt.leeway_seconds),
-    });
-    let bindings = DeviceBindings::new(
-        node.sessions.clone(),
-        node.routes.clone(),
-        node.broker.clone(),
-        &node.broker_id,
-    )
-    .devices(DeviceParser::new(&netty.device_aliases))
-    .single_device(!netty.multi_device_enabled)
-    .route_timeout(Duration::from_millis(
-        config.redis.as_ref().map_or(3_000, |r| r.timeout),
-    ));
-    let binding = DeviceBindingLayer::new(Arc::new(bindings));
-    let confirm = config
-        .rabbitmq
-        .as_ref()
-        .map_or(5_000, |r| r.confirm_timeout_ms);
-    let dispatch = Dispatch::new(
-        node.broker.clone(),
-        &node.broker_id,
-        Duration::from_millis(confirm),
-    );
+    let parts = StandardLayers::from_node(node, verifier);
 
     // One fresh stack per connection: the rate limiter's bucket lives in it.
     Arc::new(move || {
         let svc = ServiceBuilder::new()
-            .layer(auth.clone())
-            .option_layer(rate)
-            .layer(heartbeat)
-            .layer(binding.clone())
+            .layer(parts.auth.clone())
+            .option_layer(parts.rate_limit)
+            .layer(parts.heartbeat)
+            .layer(parts.device_binding.clone())
             .layer(filter.clone())
-            .service(dispatch.clone());
+            .service(parts.dispatch.clone());
         BoxService::new(svc)
     })
 }

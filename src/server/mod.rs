@@ -14,7 +14,7 @@
 mod listen;
 mod stack;
 
-pub use stack::{default_stack, verifier_from_config};
+pub use stack::{default_stack, verifier_from_config, StandardLayers};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

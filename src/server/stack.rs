@@ -24,49 +24,103 @@ use crate::route::{MemoryRouteStore, RedisRouteStore, RouteStore};
 use crate::session::SessionRegistry;
 use crate::transport::{StackFactory, TransportSettings};
 
-/// The standard stack: auth → rate limit → heartbeat → device binding → dispatch, one fresh
-/// instance per connection.
-pub fn default_stack(node: &Arc<Node>, verifier: Arc<dyn TokenVerifier>) -> StackFactory {
-    let config = &node.config;
-    let netty = &config.netty.config;
-    let auth = AuthLayer::from_arc(Arc::new(verifier));
-    let rate = &netty.rate_limit;
-    let rate = rate.enable.then(|| {
-        RateLimitLayer::new(rate.per_second, rate.burst).max_violations(rate.max_violations)
-    });
-    let heartbeat = HeartbeatLayer::new(HeartbeatSettings {
-        refresh_before: Duration::from_secs(config.auth.token_expired * 60),
-        enforce_expiry: config.auth.enforce_expiry,
-        leeway: Duration::from_secs(config.auth.jwt.leeway_seconds),
-    });
-    let bindings = DeviceBindings::new(
-        node.sessions.clone(),
-        node.routes.clone(),
-        node.broker.clone(),
-        &node.broker_id,
-    )
-    .devices(DeviceParser::new(&netty.device_aliases))
-    .single_device(!netty.multi_device_enabled)
-    .route_timeout(route_timeout(config));
-    let binding = DeviceBindingLayer::new(Arc::new(bindings));
-    let confirm = config
-        .rabbitmq
-        .as_ref()
-        .map_or(5_000, |r| r.confirm_timeout_ms);
-    let dispatch = Dispatch::new(
-        node.broker.clone(),
-        &node.broker_id,
-        Duration::from_millis(confirm),
-    )
-    .metrics(node.metrics.clone());
+/// The standard layers and the dispatch service, each configured from the node: the parts
+/// [`default_stack`] composes, for stacks composed in code with layers of one's own among
+/// them.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use im_connect::server::{Node, StandardLayers};
+/// # use im_connect::layer::TokenVerifier;
+/// # fn stack(node: &Arc<Node>, verifier: Arc<dyn TokenVerifier>) {
+/// let parts = StandardLayers::from_node(node, verifier);
+/// let svc = tower::ServiceBuilder::new()
+///     .layer(parts.auth.clone())
+///     .option_layer(parts.rate_limit)
+///     .layer(parts.heartbeat)
+///     .layer(parts.device_binding.clone())
+///     .service(parts.dispatch.clone());
+/// # drop(svc);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct StandardLayers {
+    /// Token verification; refuses frames of connections nobody logged in.
+    pub auth: AuthLayer<Arc<dyn TokenVerifier>>,
+    /// The per-connection token bucket, unless `netty.config.rateLimit.enable` is false.
+    pub rate_limit: Option<RateLimitLayer>,
+    /// Heartbeat replies, refresh hints and token expiry.
+    pub heartbeat: HeartbeatLayer,
+    /// REGISTER, kicks, routes and logout.
+    pub device_binding: DeviceBindingLayer,
+    /// The end of the stack: business messages to the broker, answered with ACK or ERROR.
+    pub dispatch: Dispatch,
+}
 
+impl std::fmt::Debug for StandardLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandardLayers")
+            .field("rate_limit", &self.rate_limit)
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StandardLayers {
+    /// The layers as the node's configuration sets them up, verifying tokens with `verifier`.
+    pub fn from_node(node: &Arc<Node>, verifier: Arc<dyn TokenVerifier>) -> Self {
+        let config = &node.config;
+        let netty = &config.netty.config;
+        let rate = &netty.rate_limit;
+        let rate_limit = rate.enable.then(|| {
+            RateLimitLayer::new(rate.per_second, rate.burst).max_violations(rate.max_violations)
+        });
+        let heartbeat = HeartbeatLayer::new(HeartbeatSettings {
+            refresh_before: Duration::from_secs(config.auth.token_expired * 60),
+            enforce_expiry: config.auth.enforce_expiry,
+            leeway: Duration::from_secs(config.auth.jwt.leeway_seconds),
+        });
+        let bindings = DeviceBindings::new(
+            node.sessions.clone(),
+            node.routes.clone(),
+            node.broker.clone(),
+            &node.broker_id,
+        )
+        .devices(DeviceParser::new(&netty.device_aliases))
+        .single_device(!netty.multi_device_enabled)
+        .route_timeout(route_timeout(config));
+        let confirm = config
+            .rabbitmq
+            .as_ref()
+            .map_or(5_000, |r| r.confirm_timeout_ms);
+        let dispatch = Dispatch::new(
+            node.broker.clone(),
+            &node.broker_id,
+            Duration::from_millis(confirm),
+        )
+        .metrics(node.metrics.clone());
+
+        StandardLayers {
+            auth: AuthLayer::from_arc(Arc::new(verifier)),
+            rate_limit,
+            heartbeat,
+            device_binding: DeviceBindingLayer::new(Arc::new(bindings)),
+            dispatch,
+        }
+    }
+}
+
+/// The standard stack: auth → rate limit → heartbeat → device binding → dispatch, one fresh
+/// instance per connection (the rate limiter's bucket lives in it).
+pub fn default_stack(node: &Arc<Node>, verifier: Arc<dyn TokenVerifier>) -> StackFactory {
+    let parts = StandardLayers::from_node(node, verifier);
     Arc::new(move || {
         let svc = ServiceBuilder::new()
-            .layer(auth.clone())
-            .option_layer(rate)
-            .layer(heartbeat)
-            .layer(binding.clone())
-            .service(dispatch.clone());
+            .layer(parts.auth.clone())
+            .option_layer(parts.rate_limit)
+            .layer(parts.heartbeat)
+            .layer(parts.device_binding.clone())
+            .service(parts.dispatch.clone());
         BoxService::new(svc)
     })
 }
