@@ -20,7 +20,6 @@ use clap::Parser;
 use common::*;
 use im_connect::layer::JwtVerifier;
 use im_connect::server::Server;
-use im_connect::session::Transport;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,17 +34,7 @@ async fn filtered_server() -> TestServer {
         .start(config.clone())
         .await
         .expect("server starts");
-    let ws = server
-        .bind(Transport::WebSocket, "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let tcp = server.bind(Transport::Tcp, "127.0.0.1", 0).await.unwrap();
-    TestServer {
-        server,
-        ws,
-        tcp,
-        config,
-    }
+    TestServer::serve(server, config).await
 }
 
 #[tokio::test]

@@ -907,17 +907,7 @@ async fn gateway(
         server.node().broker.health().is_up()
     })
     .await;
-    let ws = server
-        .bind(Transport::WebSocket, "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let tcp = server.bind(Transport::Tcp, "127.0.0.1", 0).await.unwrap();
-    common::TestServer {
-        server,
-        ws,
-        tcp,
-        config,
-    }
+    common::TestServer::serve(server, config).await
 }
 
 /// Logs `user` in over WebSocket (JSON) as `device`, the REGISTER carrying `request_id`.
@@ -1055,17 +1045,7 @@ async fn clients_get_broker_unavailable_while_rabbitmq_is_down() {
         .await
         .expect("a node starts without its broker");
     assert!(!server.node().broker.health().is_up());
-    let ws = server
-        .bind(Transport::WebSocket, "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let tcp = server.bind(Transport::Tcp, "127.0.0.1", 0).await.unwrap();
-    let srv = common::TestServer {
-        server,
-        ws,
-        tcp,
-        config,
-    };
+    let srv = common::TestServer::serve(server, config).await;
 
     let mut alice = login(&srv, "alice", "web", "alice-web").await;
     let started = std::time::Instant::now();

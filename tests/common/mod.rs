@@ -55,6 +55,12 @@ impl TestServer {
 
     pub async fn with(config: Config) -> TestServer {
         let server = Server::start(config.clone()).await.expect("server starts");
+        Self::serve(server, config).await
+    }
+
+    /// Binds a WebSocket and a TCP port of `server` (built by the caller, e.g. with a
+    /// builder override) on free ports.
+    pub async fn serve(server: Server, config: Config) -> TestServer {
         let ws = server
             .bind(Transport::WebSocket, "127.0.0.1", 0)
             .await
