@@ -441,6 +441,15 @@ mod tests {
     }
 
     #[test]
+    fn an_error_for_a_frame_without_request_id_gets_one() {
+        let err = wire().decode_client(Codec::Json, b"not json").unwrap_err();
+        assert_eq!(err.request_id, None);
+        let reply = err.to_envelope();
+        assert!(reply.request_id.is_some_and(|id| !id.is_empty()));
+        assert_eq!(reply.metadata["reason"], "bad_frame");
+    }
+
+    #[test]
     fn a_field_of_the_wrong_type_is_bad_frame_with_the_request_id() {
         let err = wire()
             .decode_client(Codec::Json, br#"{"code":3,"requestId":"r9","ids":"bob"}"#)
